@@ -1,0 +1,514 @@
+"""Sigma: Siamese Mamba network for multi-modal semantic segmentation (Wan et al., 2024).
+
+One file for the model family, in the spirit of timm. Module and parameter names reproduce the authors' state-dict
+keys exactly (``backbone.vssm...``, ``backbone.cross_mamba.i...``, ``backbone.channel_attn_mamba.i...``,
+``decode_head...``), so their released checkpoints load with ``strict=True``. The math follows the official code
+(see the anatomy notes): SS2D 4-direction scans in the encoder and decoder, CroMB (C exchanged between modalities),
+ConMB (scan over the concatenated sequence, forward and reversed, cross-modal SE gating), and the channel-aware
+Mamba decoder. Tensors between blocks are channels-last (B, H, W, C), as in the original.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops.selective_scan import selective_scan
+from .config import SigmaConfig
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Small building blocks
+# --------------------------------------------------------------------------------------------------------------------
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode)."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Permute(nn.Module):
+    """Parameter-free layer; exists so ``patch_embed`` keeps the official indices (0: conv, 2: norm)."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(*self.dims)
+
+
+def _depthwise_conv(channels: int) -> nn.Conv2d:
+    return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=True)
+
+
+class SSMParams(nn.Module):
+    """The selective-scan parameters of K scan directions, stacked as in VMamba's checkpoints.
+
+    ``x_proj_weight`` (K, R+2N, D), ``dt_projs_weight`` (K, D, R), ``dt_projs_bias`` (K, D),
+    ``A_logs`` (K*D, N) and ``Ds`` (K*D,). Subclasses add their layers around these.
+    """
+
+    def _init_ssm(self, k: int, d_inner: int, d_state: int, dt_rank: int):
+        self.K, self.d_inner, self.d_state, self.dt_rank = k, d_inner, d_state, dt_rank
+        bound = d_inner**-0.5  # nn.Linear's default init, as the official stacked Linears had
+        self.x_proj_weight = nn.Parameter(torch.empty(k, dt_rank + 2 * d_state, d_inner).uniform_(-bound, bound))
+        dt_w, dt_b = zip(*(_dt_init(dt_rank, d_inner) for _ in range(k)))
+        self.dt_projs_weight = nn.Parameter(torch.stack(dt_w))
+        self.dt_projs_bias = nn.Parameter(torch.stack(dt_b))
+        self.A_logs = nn.Parameter(_a_log_init(d_state, d_inner).repeat(k, 1))
+        self.Ds = nn.Parameter(torch.ones(k * d_inner))
+
+    def _scan(self, xs: torch.Tensor) -> torch.Tensor:
+        """Selective scan of K directions at once. xs: (B, K, D, L) -> ys: (B, K, D, L), float32."""
+        b, k, d, seq_len = xs.shape
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = selective_scan(
+            xs.reshape(b, k * d, seq_len).float(),
+            dts.reshape(b, k * d, seq_len).float(),
+            -torch.exp(self.A_logs.float()),
+            bs.float().contiguous(),  # grouped: direction k drives channels k*D .. (k+1)*D-1
+            cs.float().contiguous(),
+            self.Ds.float(),
+            delta_bias=self.dt_projs_bias.reshape(-1).float(),
+            delta_softplus=True,
+        )
+        return ys.view(b, k, d, seq_len)
+
+
+def _dt_init(dt_rank: int, d_inner: int, dt_min=1e-3, dt_max=0.1, floor=1e-4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba's dt projection init: small uniform weights, bias = softplus^-1 of a log-uniform step size."""
+    std = dt_rank**-0.5
+    weight = torch.empty(d_inner, dt_rank).uniform_(-std, std)
+    dt = torch.exp(torch.rand(d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+    bias = dt + torch.log(-torch.expm1(-dt))
+    return weight, bias
+
+
+def _a_log_init(d_state: int, d_inner: int) -> torch.Tensor:
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# SS2D (VMamba "v0" block op): 4-direction cross scan
+# --------------------------------------------------------------------------------------------------------------------
+class SS2D(SSMParams):
+    def __init__(self, d_model: int, d_state: int = 16, ssm_ratio: float = 2.0):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
+        self.conv2d = _depthwise_conv(d_inner)
+        self._init_ssm(4, d_inner, d_state, math.ceil(d_model / 16))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        y = self._cross_scan(x)
+        return self.out_proj(y * F.silu(z))
+
+    def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
+        """Scan row-major, column-major and both reversed; merge back. (B, D, H, W) -> (B, H, W, D)."""
+        b, d, h, w = x.shape
+        xs = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)
+        xs = torch.cat([xs, xs.flip(-1)], dim=1)  # (B, 4, D, L)
+        ys = self._scan(xs)
+        y_row = ys[:, 0] + ys[:, 2].flip(-1)
+        y_col = (ys[:, 1] + ys[:, 3].flip(-1)).view(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
+        y = (y_row + y_col).transpose(1, 2).reshape(b, h, w, d)
+        return self.out_norm(y).to(x.dtype)
+
+
+class VSSBlock(nn.Module):
+    def __init__(self, dim: int, d_state: int, ssm_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = SS2D(dim, d_state, ssm_ratio)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.op(self.norm(x)))
+
+
+class PatchMerging2D(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)
+        h, w = x.shape[1:3]
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class VMambaBackbone(nn.Module):
+    """The shared (Siamese) encoder: patch embedding, 4 stages of VSS blocks, a LayerNorm on each stage output."""
+
+    def __init__(self, cfg: SigmaConfig):
+        super().__init__()
+        dims = cfg.dims
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(dims[0])
+        )
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        self.layers = nn.ModuleList()
+        for i, depth in enumerate(cfg.depths):
+            first = sum(cfg.depths[:i])
+            stage = nn.Sequential()
+            stage.add_module("blocks", nn.Sequential(*(
+                VSSBlock(dims[i], cfg.d_state, cfg.ssm_ratio, rates[first + j]) for j in range(depth)
+            )))
+            stage.add_module("downsample", PatchMerging2D(dims[i]) if i < 3 else nn.Identity())
+            self.layers.append(stage)
+        for i in range(4):
+            self.add_module(f"outnorm{i}", nn.LayerNorm(dims[i]))
+        self.apply(_vmamba_init)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> 4 channels-last maps (B, H/4/2^i, W/4/2^i, C_i), normalised."""
+        x = self.patch_embed(x)
+        outs = []
+        for i, stage in enumerate(self.layers):
+            x = stage.blocks(x)
+            outs.append(getattr(self, f"outnorm{i}")(x))
+            x = stage.downsample(x)
+        return outs
+
+
+def _vmamba_init(m: nn.Module):
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fusion: CroMB (cross selective scan, C exchanged) and ConMB (concatenated scan + cross-modal SE gating)
+# --------------------------------------------------------------------------------------------------------------------
+class CrossMambaSSM(nn.Module):
+    """Two single-direction scans; each modality keeps its own u, dt, A, B, D and reads C from the other."""
+
+    def __init__(self, d_model: int, d_state: int, ssm_ratio: float):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        self.dt_rank, self.d_state = math.ceil(d_model / 16), d_state
+        # Registration order follows the official module (keeps state_dict order identical to the authors').
+        self.x_proj_1 = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.x_proj_2 = nn.Linear(d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj_1, self.dt_proj_2 = (self._dt_proj(d_inner) for _ in range(2))
+        self.A_log_1 = nn.Parameter(_a_log_init(d_state, d_inner))
+        self.A_log_2 = nn.Parameter(_a_log_init(d_state, d_inner))
+        self.D_1 = nn.Parameter(torch.ones(d_inner))
+        self.D_2 = nn.Parameter(torch.ones(d_inner))
+        self.out_norm_1 = nn.LayerNorm(d_inner)
+        self.out_norm_2 = nn.LayerNorm(d_inner)
+
+    def _dt_proj(self, d_inner: int) -> nn.Linear:
+        dt_proj = nn.Linear(self.dt_rank, d_inner)
+        dt_w, dt_b = _dt_init(self.dt_rank, d_inner)
+        with torch.no_grad():
+            dt_proj.weight.copy_(dt_w)
+            dt_proj.bias.copy_(dt_b)
+        return dt_proj
+
+    def _project(self, u: torch.Tensor, i: int):
+        """u (B, D, L) -> dt (B, D, L), B (B, N, L), C (B, N, L) of modality i."""
+        x_dbl = getattr(self, f"x_proj_{i}")(u.transpose(1, 2))  # (B, L, R+2N)
+        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt @ getattr(self, f"dt_proj_{i}").weight.t()
+        return dt.transpose(1, 2), b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous()
+
+    def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each
+        dt_r, b_r, c_r = self._project(u_rgb, 1)
+        dt_x, b_x, c_x = self._project(u_x, 2)
+        y_r = selective_scan(u_rgb.float(), dt_r.float(), -torch.exp(self.A_log_1.float()), b_r.float(), c_x.float(),
+                             self.D_1.float(), delta_bias=self.dt_proj_1.bias.float(), delta_softplus=True)
+        y_x = selective_scan(u_x.float(), dt_x.float(), -torch.exp(self.A_log_2.float()), b_x.float(), c_r.float(),
+                             self.D_2.float(), delta_bias=self.dt_proj_2.bias.float(), delta_softplus=True)
+        return self.out_norm_1(y_r.transpose(1, 2)), self.out_norm_2(y_x.transpose(1, 2))
+
+
+class CrossMambaFusion(nn.Module):
+    """CroMB op: projections and the (shared) depthwise conv around :class:`CrossMambaSSM`."""
+
+    def __init__(self, d_model: int, d_state: int, ssm_ratio: float):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        self.in_proj = nn.Linear(d_model, d_inner, bias=False)
+        self.in_proj_modalx = nn.Linear(d_model, d_inner, bias=False)
+        self.conv2d = _depthwise_conv(d_inner)  # one conv serves both modalities, as in the official code
+        self.out_proj_rgb = nn.Linear(d_inner, d_model, bias=False)
+        self.out_proj_e = nn.Linear(d_inner, d_model, bias=False)
+        self.CMA_ssm = CrossMambaSSM(d_model, d_state, ssm_ratio)
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor):  # (B, H, W, C) each
+        b, h, w, _ = rgb.shape
+        u_r = F.silu(self.conv2d(self.in_proj(rgb).permute(0, 3, 1, 2))).flatten(2)  # row-major (B, D, L)
+        u_x = F.silu(self.conv2d(self.in_proj_modalx(x).permute(0, 3, 1, 2))).flatten(2)
+        y_r, y_x = self.CMA_ssm(u_r, u_x)
+        return self.out_proj_rgb(y_r.reshape(b, h, w, -1)), self.out_proj_e(y_x.reshape(b, h, w, -1))
+
+
+class CrossMambaFusionBlock(nn.Module):
+    def __init__(self, dim: int, d_state: int, ssm_ratio: float):
+        super().__init__()
+        self.op = CrossMambaFusion(dim, d_state, ssm_ratio)
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor):
+        d_rgb, d_x = self.op(rgb, x)
+        return rgb + d_rgb, x + d_x
+
+
+class ConcatMambaFusion(SSMParams):
+    """ConMB op: scan [RGB tokens ; X tokens] forward and reversed, then gate each half by the other's SE weights."""
+
+    def __init__(self, d_model: int, d_state: int, ssm_ratio: float):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        self.in_proj = nn.Linear(d_model, d_inner, bias=False)
+        self.in_proj_modalx = nn.Linear(d_model, d_inner, bias=False)
+        self.conv2d = _depthwise_conv(d_inner)
+        self.conv2d_modalx = _depthwise_conv(d_inner)
+        self._init_ssm(2, d_inner, d_state, math.ceil(d_model / 16))
+        self.out_norm1 = nn.LayerNorm(d_inner)
+        self.out_norm2 = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(2 * d_inner, d_model, bias=False)
+        self.fc1 = _squeeze_excite(d_inner)
+        self.fc2 = _squeeze_excite(d_inner)
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = rgb.shape
+        p_r = self.in_proj(rgb).permute(0, 3, 1, 2)  # (B, D, H, W), before the conv: feeds the SE gate
+        p_x = self.in_proj_modalx(x).permute(0, 3, 1, 2)
+        seq = torch.cat([F.silu(self.conv2d(p_r)).flatten(2), F.silu(self.conv2d_modalx(p_x)).flatten(2)], dim=2)
+        ys = self._scan(torch.stack([seq, seq.flip(-1)], dim=1))  # (B, 2, D, 2L)
+        y = ys[:, 0] + ys[:, 1].flip(-1)
+        d, n = y.shape[1], h * w
+        y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
+        y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
+        gate_r = self.fc1(p_r.mean(dim=(2, 3)))[:, None, None, :]
+        gate_x = self.fc2(p_x.mean(dim=(2, 3)))[:, None, None, :]
+        return self.out_proj(torch.cat([y_r * gate_x, y_x * gate_r], dim=-1))
+
+
+def _squeeze_excite(d: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d, d // 16, bias=False), nn.SiLU(), nn.Linear(d // 16, d, bias=False), nn.Sigmoid())
+
+
+class ConcatMambaFusionBlock(nn.Module):
+    def __init__(self, dim: int, d_state: int, ssm_ratio: float):
+        super().__init__()
+        self.op = ConcatMambaFusion(dim, d_state, ssm_ratio)
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return rgb + x + self.op(rgb, x)
+
+
+class RGBXEncoder(nn.Module):
+    """Siamese VMamba encoder plus CroMB and ConMB fusion at each of the 4 stages."""
+
+    def __init__(self, cfg: SigmaConfig):
+        super().__init__()
+        self.vssm = VMambaBackbone(cfg)
+        self.cross_mamba = nn.ModuleList(
+            CrossMambaFusionBlock(d, cfg.fusion_d_state, cfg.ssm_ratio) for d in cfg.dims
+        )
+        self.channel_attn_mamba = nn.ModuleList(
+            ConcatMambaFusionBlock(d, cfg.fusion_d_state, cfg.ssm_ratio) for d in cfg.dims
+        )
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+        # Both modalities share every encoder weight: one pass over a batch of 2B is the same math as two passes.
+        feats = self.vssm(torch.cat([rgb, x], dim=0))
+        fused = []
+        for i, f in enumerate(feats):
+            f_rgb, f_x = f.chunk(2, dim=0)
+            f_rgb, f_x = self.cross_mamba[i](f_rgb, f_x)
+            fused.append(self.channel_attn_mamba[i](f_rgb, f_x))
+        return fused  # channels-last
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoder: channel-aware Mamba decoder (CVSS blocks), additive skips, bias-free 1x1 head
+# --------------------------------------------------------------------------------------------------------------------
+class ChannelAttention(nn.Module):
+    def __init__(self, channels: int, squeeze: int = 30):
+        super().__init__()
+        hidden = channels // squeeze
+        self.fc = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=False), nn.SiLU(), nn.Conv2d(hidden, channels, 1, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
+        # amax/mean over H, W equal the official adaptive pools and are much faster on GPUs.
+        attn = self.fc(x.mean(dim=(2, 3), keepdim=True)) + self.fc(x.amax(dim=(2, 3), keepdim=True))
+        return x * torch.sigmoid(attn)
+
+
+class ChannelAttentionBlock(nn.Module):
+    def __init__(self, channels: int, compress: int = 3, squeeze: int = 30):
+        super().__init__()
+        self.cab = nn.Sequential(
+            nn.Conv2d(channels, channels // compress, 3, 1, 1),
+            nn.GELU(),
+            nn.Conv2d(channels // compress, channels, 3, 1, 1),
+            ChannelAttention(channels, squeeze),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cab(x)
+
+
+class CVSSDecoderBlock(nn.Module):
+    def __init__(self, dim: int, d_state: int, ssm_ratio: float, drop_path: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.scale1 = nn.Parameter(torch.ones(dim))
+        self.op = SS2D(dim, d_state, ssm_ratio)
+        self.drop_path = DropPath(drop_path)
+        self.conv_blk = ChannelAttentionBlock(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.scale2 = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
+        x = x * self.scale1 + self.drop_path(self.op(self.norm1(x)))
+        return self.conv_blk(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1) + x * self.scale2
+
+
+class PatchExpand(nn.Module):
+    """x2 up-sampling by pixel shuffle of a Linear(C -> 2C): channel index (p1 * 2 + p2) * C/2 + c."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.expand = nn.Linear(dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(dim // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.expand(x)
+        b, h, w, c = x.shape
+        x = x.view(b, h, w, 2, 2, c // 4).permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c // 4)
+        return self.norm(x)
+
+
+def _upsample2x(x: torch.Tensor) -> torch.Tensor:
+    """Bilinear x2 of a channels-last map (align_corners=False, as the official decoder)."""
+    x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1)
+
+
+class UpsampleExpand(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear = nn.Linear(dim, dim // 2, bias=False)
+        self.norm = nn.LayerNorm(dim // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(_upsample2x(self.linear(x)))
+
+
+class FinalUpsampleX4(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.linear1 = nn.Linear(dim, dim, bias=False)
+        self.linear2 = nn.Linear(dim, dim, bias=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(_upsample2x(self.linear2(_upsample2x(self.linear1(x)))))
+
+
+class MambaUp(nn.Module):
+    def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, rates: list[float], upsample: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(CVSSDecoderBlock(dim, d_state, ssm_ratio, r) for r in rates[:depth])
+        self.upsample = UpsampleExpand(dim) if upsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.upsample(x) if self.upsample is not None else x
+
+
+class MambaDecoder(nn.Module):
+    def __init__(self, cfg: SigmaConfig):
+        super().__init__()
+        e = cfg.embed_dim
+        # Official drop-path schedule: linspace over the 4 declared stages; stage i uses the slice of depths[i].
+        depths = (*cfg.decoder_depths, cfg.decoder_depths[-1])
+        rates = torch.linspace(0, cfg.decoder_drop_path_rate, sum(depths)).tolist()
+        stage_rates = [rates[sum(depths[:i]):sum(depths[: i + 1])] for i in range(3)]
+        self.layers_up = nn.ModuleList([PatchExpand(8 * e)])
+        for i in (2, 1, 0):  # layers_up.1 works at encoder stage 2's resolution, .3 at stage 0's
+            self.layers_up.append(
+                MambaUp(e * 2**i, cfg.decoder_depths[i], cfg.decoder_d_state, cfg.ssm_ratio, stage_rates[i], i > 0)
+            )
+        self.norm_up = nn.LayerNorm(e)
+        self.up = FinalUpsampleX4(e)
+        self.output = nn.Conv2d(e, cfg.num_classes, kernel_size=1, bias=False)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:  # channels-last maps -> (B, K, 4h, 4w) logits
+        y = self.layers_up[0](feats[3])
+        for k in (1, 2, 3):
+            skip = feats[3 - k]
+            if y.shape[1:3] != skip.shape[1:3]:  # odd sizes: the encoder rounded up, the decoder resizes to the skip
+                y = F.interpolate(y.permute(0, 3, 1, 2), size=skip.shape[1:3], mode="bilinear", align_corners=False)
+                y = y.permute(0, 2, 3, 1)
+            y = self.layers_up[k](y + skip)
+        y = self.up(self.norm_up(y))
+        return self.output(y.permute(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The whole network
+# --------------------------------------------------------------------------------------------------------------------
+class Sigma(nn.Module):
+    """``Sigma(cfg)(rgb, x)`` -> logits (B, num_classes, H, W) for normalised inputs (B, 3, H, W), H, W >= 32."""
+
+    def __init__(self, cfg: SigmaConfig):
+        super().__init__()
+        self.config = cfg
+        self.backbone = RGBXEncoder(cfg)
+        self.decode_head = MambaDecoder(cfg)
+        for m in self.decode_head.modules():  # as the official trainer's init_weights
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if rgb.shape != x.shape:
+            raise ValueError(f"rgb and x must have the same shape, got {tuple(rgb.shape)} and {tuple(x.shape)}")
+        h, w = rgb.shape[-2:]
+        if h < 32 or w < 32:
+            raise ValueError(f"input must be at least 32x32, got {h}x{w}")
+        logits = self.decode_head(self.backbone(rgb, x))
+        if logits.shape[-2:] != (h, w):
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+        return logits
+
+
+def build_sigma(cfg: SigmaConfig) -> Sigma:
+    """Build a randomly initialised Sigma network (official initialisation)."""
+    return Sigma(cfg)

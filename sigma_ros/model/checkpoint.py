@@ -162,7 +162,7 @@ def infer_config(state: dict[str, torch.Tensor], path) -> SigmaConfig:
     decoder_depths = tuple(count(f"decode_head.layers_up.{3 - i}.blocks.") for i in range(3))
     enc_in = shape("backbone.vssm.layers.0.blocks.0.op.in_proj.weight")
     try:
-        return SigmaConfig(
+        cfg = SigmaConfig(
             embed_dim=embed_dim,
             depths=depths,
             decoder_depths=decoder_depths,
@@ -174,6 +174,9 @@ def infer_config(state: dict[str, torch.Tensor], path) -> SigmaConfig:
         )
     except ValueError as e:
         raise CheckpointError(f"{path}: not a usable Sigma architecture: {e}") from None
+    # Training-only settings are not in the weights: take them from the matching preset.
+    variant = cfg.variant
+    return cfg if variant == "custom" else SigmaConfig.from_variant(variant, num_classes=cfg.num_classes)
 
 
 def _check_state_dict(model: nn.Module, state: dict, path, what: str, limit: int = 12) -> None:

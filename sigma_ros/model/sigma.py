@@ -100,6 +100,11 @@ def _dt_init(dt_rank: int, d_inner: int, dt_min=1e-3, dt_max=0.1, floor=1e-4) ->
     return weight, bias
 
 
+def _linspace(end: float, n: int) -> list[float]:
+    """torch.linspace(0, end, n) as floats (python, so models can be built on the meta device)."""
+    return [float(v) for v in torch.linspace(0, end, n, device="cpu")]
+
+
 def _a_log_init(d_state: int, d_inner: int) -> torch.Tensor:
     return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
 
@@ -169,7 +174,7 @@ class VMambaBackbone(nn.Module):
         self.patch_embed = nn.Sequential(
             nn.Conv2d(3, dims[0], kernel_size=4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(dims[0])
         )
-        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
+        rates = _linspace(cfg.drop_path_rate, sum(cfg.depths))
         self.layers = nn.ModuleList()
         for i, depth in enumerate(cfg.depths):
             first = sum(cfg.depths[:i])
@@ -457,7 +462,7 @@ class MambaDecoder(nn.Module):
         e = cfg.embed_dim
         # Official drop-path schedule: linspace over the 4 declared stages; stage i uses the slice of depths[i].
         depths = (*cfg.decoder_depths, cfg.decoder_depths[-1])
-        rates = torch.linspace(0, cfg.decoder_drop_path_rate, sum(depths)).tolist()
+        rates = _linspace(cfg.decoder_drop_path_rate, sum(depths))
         stage_rates = [rates[sum(depths[:i]):sum(depths[: i + 1])] for i in range(3)]
         self.layers_up = nn.ModuleList([PatchExpand(8 * e)])
         for i in (2, 1, 0):  # layers_up.1 works at encoder stage 2's resolution, .3 at stage 0's

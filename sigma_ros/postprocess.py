@@ -1,0 +1,30 @@
+"""Label maps to pictures: palettes, colour maps, overlays. numpy only (runs per frame in the node)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def voc_palette(n: int) -> np.ndarray:
+    """The PASCAL-VOC colour map (bit-interleaved class index), which Sigma uses for its visualisations."""
+    ids = np.arange(n, dtype=np.int64)
+    palette = np.zeros((n, 3), dtype=np.int64)
+    for shift in range(8):  # bits 3s, 3s+1, 3s+2 of the id light bit (7 - s) of R, G, B
+        for channel in range(3):
+            palette[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
+    return palette.astype(np.uint8)
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB. Ids beyond the palette (e.g. 255 = ignore) are drawn black."""
+    lut = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
+    lut[: len(palette)] = palette
+    return lut[np.asarray(labels)]
+
+
+def overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend the class colours over an RGB image: (1 - alpha) * rgb + alpha * color, rounded, uint8."""
+    if rgb.shape[:2] != np.shape(labels):
+        raise ValueError(f"image {rgb.shape[:2]} and labels {np.shape(labels)} differ in size")
+    a = int(round(float(np.clip(alpha, 0.0, 1.0)) * 256))
+    color = colorize(labels, palette).astype(np.uint16)
+    return ((rgb.astype(np.uint16) * (256 - a) + color * a + 128) >> 8).astype(np.uint8)

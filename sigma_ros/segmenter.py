@@ -1,0 +1,148 @@
+"""Segmenter: a checkpoint turned into ``labels = seg(rgb, x)``. The node, segment-bag, pseudo-label and the demo all
+run inference through this one class (and so through the same preprocessing and model code).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .classes import ClassConfig, generic_classes, load_class_config
+from .model import CheckpointError, SigmaConfig, load_checkpoint
+from .ops.selective_scan import describe_backend
+from .preprocess import MODALITIES, check_profile, preprocess_pair
+
+log = logging.getLogger(__name__)
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Segmentation:
+    labels: np.ndarray  # (H, W) int64 class ids at the RGB image's size
+    confidence: np.ndarray | None = None  # (H, W) float32 max softmax probability
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' -> cuda if present, else cpu (with a warning); 'cuda' without a GPU is an error."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        log.warning("device=auto: no CUDA device found, running on the CPU (slow)")
+        return torch.device("cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device!r} requested but CUDA is not available (torch {torch.__version__}, "
+                           f"built with CUDA {torch.version.cuda})")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    return torch.device(device)
+
+
+class Segmenter:
+    def __init__(self, model: torch.nn.Module, config: SigmaConfig, *, class_names=None, palette=None,
+                 preprocessing: str = "rgb", device: str = "auto", precision: str = "fp32",
+                 input_size: tuple[int, int] | None = None, modality: str = "thermal",
+                 depth_range: tuple[float, float] = (0.0, 10.0), fast: bool = True,
+                 checkpoint_path: str | None = None):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
+        if input_size is not None and (min(input_size) < 32):
+            raise ValueError(f"input_size must be at least 32x32, got {input_size}")
+        self.device = resolve_device(device)
+        if precision == "fp16" and self.device.type == "cpu":
+            log.warning("precision=fp16 is not supported on the CPU; using fp32")
+            precision = "fp32"
+        self.config = config
+        self.num_classes = config.num_classes
+        generic = generic_classes(config.num_classes)
+        self.class_names = list(class_names) if class_names is not None else generic.class_names
+        self.palette = np.asarray(palette, np.uint8) if palette is not None else generic.palette
+        self.preprocessing = check_profile(preprocessing)
+        self.precision = precision
+        self.input_size = tuple(input_size) if input_size is not None else None
+        self.modality = modality
+        self.depth_range = tuple(depth_range)
+        self.checkpoint_path = checkpoint_path
+        self.model = model.eval().to(self.device)
+        self.fast = fast and self.device.type == "cuda"
+        self._forward = self._build_forward()
+        log.info("Sigma-%s (%d classes) on %s, %s, scan backend: %s", config.variant, self.num_classes,
+                 self.device, precision, describe_backend(self.device))
+
+    @classmethod
+    def from_checkpoint(cls, path, *, variant: str | None = None, class_config: ClassConfig | str | None = None,
+                        **kw) -> "Segmenter":
+        """Load a checkpoint. Official checkpoints carry no class names: pass ``class_config`` (e.g. 'mfnet')."""
+        classes = load_class_config(class_config) if class_config is not None else None
+        ck = load_checkpoint(path, variant=variant, num_classes=classes.num_classes if classes else None)
+        names = classes.class_names if classes else ck.class_names
+        palette = classes.palette if classes else ck.palette
+        if ck.official:
+            preprocessing = "official"
+            kw.setdefault("modality", classes.modality if classes else "thermal")
+        else:
+            preprocessing = ck.preprocessing or "rgb"
+        if names is not None and len(names) != ck.config.num_classes:
+            raise CheckpointError(f"{path}: {len(names)} class names for {ck.config.num_classes} model classes")
+        return cls(ck.model, ck.config, class_names=names, palette=palette, preprocessing=preprocessing,
+                   checkpoint_path=str(path), **kw)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def _build_forward(self):
+        """The model call for this device and precision (the GPU fast path plugs in here)."""
+        dtype = PRECISIONS[self.precision]
+        if self.fast:
+            from .model.fast import build_fast_forward  # GPU-only speed path
+
+            return build_fast_forward(self.model, dtype)
+
+        def forward(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+                return self.model(rgb, x).float()
+
+        return forward
+
+    def preprocess(self, rgb: np.ndarray, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return preprocess_pair(rgb, x, self.preprocessing, self.modality, self.depth_range, self.input_size,
+                               device=self.device)
+
+    @torch.inference_mode()
+    def logits(self, rgb_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, 3, h, w) tensors -> float32 logits (B, K, h, w)."""
+        return self._forward(rgb_t.to(self.device), x_t.to(self.device))
+
+    @torch.inference_mode()
+    def segment_batch(self, rgbs, xs, confidence: bool = False) -> list[Segmentation]:
+        pairs = [self.preprocess(r, x) for r, x in zip(rgbs, xs)]
+        logits = self.logits(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+        results = []
+        for rgb, lg in zip(rgbs, logits):
+            h, w = rgb.shape[:2]
+            if lg.shape[-2:] != (h, w):  # ran at input_size: bring the scores back to the camera's geometry
+                lg = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+            if confidence:
+                conf, labels = torch.softmax(lg, dim=0).max(dim=0)
+                results.append(Segmentation(labels.cpu().numpy().astype(np.int64), conf.cpu().numpy()))
+            else:
+                results.append(Segmentation(lg.argmax(dim=0).cpu().numpy().astype(np.int64)))
+        return results
+
+    def __call__(self, rgb: np.ndarray, x: np.ndarray, confidence: bool = False) -> Segmentation:
+        return self.segment_batch([rgb], [x], confidence)[0]
+
+    def describe(self) -> dict:
+        """What the node reports in its diagnostics."""
+        return {
+            "model": f"Sigma-{self.config.variant} ({self.num_classes} classes)",
+            "checkpoint": self.checkpoint_path or "(in memory)",
+            "device": str(self.device) + (f" ({torch.cuda.get_device_name(self.device)})"
+                                          if self.device.type == "cuda" else ""),
+            "precision": self.precision,
+            "preprocessing": self.preprocessing,
+            "scan_backend": describe_backend(self.device),
+            "fast_path": str(self.fast),
+        }

@@ -1,0 +1,45 @@
+"""Shared fixtures. ../shared (reference files and real sample frames) sits beside the repository; tests that need
+it skip cleanly when it is absent."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def micro_cfg():
+    from sigma_ros.model import SigmaConfig
+
+    return SigmaConfig.micro(num_classes=5)
+
+
+@pytest.fixture(scope="session")
+def micro_checkpoint(tmp_path_factory, micro_cfg) -> Path:
+    """A saved micro model (random weights) with class names, palette and the rgb profile."""
+    from sigma_ros.model import build_sigma, save_checkpoint
+    from sigma_ros.postprocess import voc_palette
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "micro.pt"
+    names = [f"c{i}" for i in range(micro_cfg.num_classes)]
+    save_checkpoint(path, build_sigma(micro_cfg), micro_cfg, class_names=names,
+                    palette=voc_palette(micro_cfg.num_classes), preprocessing="rgb")
+    return path
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,187 @@
+"""The Sigma network: official parity, state-dict contract, sizes, checkpoints."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from sigma_ros.model import (
+    CheckpointError, SigmaConfig, build_sigma, load_checkpoint, load_vmamba_imagenet, save_checkpoint,
+)
+
+GOLDEN = "reference/sigma_golden_a.npz"
+
+
+def _manifest(shared_dir, variant):
+    rows = []
+    for line in (shared_dir / f"reference/manifest_sigma_{variant}.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, shape, _ = line.split("\t")
+            rows.append((key, tuple(int(v) for v in re.findall(r"\d+", shape))))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def golden(shared_dir):
+    z = np.load(shared_dir / GOLDEN)
+    state = {k.removeprefix("state_dict/"): torch.from_numpy(np.asarray(z[k], np.float32))
+             for k in z.files if k.startswith("state_dict/")}
+    as_t = lambda k: torch.from_numpy(np.asarray(z[k], np.float32))  # noqa: E731
+    return state, as_t("input/rgb"), as_t("input/x"), as_t("output/logits")
+
+
+def test_golden_a_parity(golden):
+    """Official weights + inputs -> the official logits, fp32 on the CPU."""
+    state, rgb, x, expected = golden
+    model = build_sigma(SigmaConfig(embed_dim=32, depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1), num_classes=9))
+    model.load_state_dict(state, strict=True)
+    with torch.no_grad():
+        logits = model.eval()(rgb, x)
+    assert logits.shape == expected.shape
+    assert (logits - expected).abs().max().item() <= 1e-4
+
+
+def test_golden_a_parity_all_cpu_backends(golden, monkeypatch):
+    state, rgb, x, expected = golden
+    model = build_sigma(SigmaConfig(embed_dim=32, depths=(1, 1, 1, 1), decoder_depths=(1, 1, 1), num_classes=9))
+    model.load_state_dict(state, strict=True)
+    for backend in ("cpu", "reference"):
+        monkeypatch.setenv("SIGMA_SCAN_BACKEND", backend)
+        with torch.no_grad():
+            assert (model.eval()(rgb[:1], x[:1]) - expected[:1]).abs().max().item() <= 1e-4, backend
+
+
+@pytest.mark.parametrize("variant,params", [("tiny", 48_287_360), ("small", 69_811_328), ("base", 121_414_820)])
+def test_state_dict_matches_official_manifest(shared_dir, variant, params):
+    with torch.device("meta"):
+        model = build_sigma(SigmaConfig.from_variant(variant, num_classes=9))
+    ours = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    assert ours == _manifest(shared_dir, variant)  # keys, shapes and order
+    assert sum(p.numel() for p in model.parameters()) == params
+
+
+def test_variant_presets():
+    assert SigmaConfig.tiny().variant == "tiny"
+    assert SigmaConfig.base(num_classes=40).dims == (128, 256, 512, 1024)
+    assert SigmaConfig(embed_dim=48).variant == "custom"
+    with pytest.raises(ValueError, match="embed_dim"):
+        SigmaConfig(embed_dim=16)
+    with pytest.raises(ValueError, match="unknown variant"):
+        SigmaConfig.from_variant("huge")
+
+
+@pytest.mark.parametrize("h,w", [(70, 100), (32, 32), (64, 96), (45, 77)])
+def test_odd_input_sizes_give_input_sized_logits(micro_cfg, h, w):
+    torch.manual_seed(0)
+    model = build_sigma(micro_cfg).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, h, w), torch.randn(1, 3, h, w))
+    assert out.shape == (1, micro_cfg.num_classes, h, w)
+    assert torch.isfinite(out).all()
+
+
+def test_too_small_or_mismatched_inputs_are_rejected(micro_cfg):
+    model = build_sigma(micro_cfg).eval()
+    with pytest.raises(ValueError, match="at least 32x32"):
+        model(torch.zeros(1, 3, 16, 64), torch.zeros(1, 3, 16, 64))
+    with pytest.raises(ValueError, match="same shape"):
+        model(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 32))
+
+
+def test_siamese_batched_encoder_equals_two_passes(micro_cfg):
+    """The encoder runs RGB and X as one batch: identical to the official two separate passes."""
+    torch.manual_seed(1)
+    model = build_sigma(micro_cfg).eval()
+    rgb, x = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        joint = model.backbone.vssm(torch.cat([rgb, x]))
+        separate = model.backbone.vssm(rgb)
+    for j, s in zip(joint, separate):
+        assert torch.allclose(j[:2], s, atol=1e-5)
+
+
+def test_checkpoint_round_trip(tmp_path, micro_cfg):
+    torch.manual_seed(2)
+    model = build_sigma(micro_cfg).eval()
+    names = ["road", "car", "person", "cone", "sky"]
+    path = save_checkpoint(tmp_path / "m.pt", model, micro_cfg, class_names=names,
+                           palette=np.arange(15).reshape(5, 3), preprocessing="rgb", extra={"step": 7})
+    ck = load_checkpoint(path)
+    assert ck.config == micro_cfg and ck.class_names == names and ck.preprocessing == "rgb"
+    assert ck.extra == {"step": 7} and ck.palette.dtype == np.uint8 and ck.palette.shape == (5, 3)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x, x), ck.model(x, x))
+    assert not list(tmp_path.glob("*.tmp"))  # atomic write left nothing behind
+
+
+def test_official_checkpoint_formats_load_and_infer_config(tmp_path, micro_cfg):
+    model = build_sigma(micro_cfg)
+    sd = model.state_dict()
+    for i, payload in enumerate([{"model": sd, "epoch": 3}, sd, {"state_dict": {"module." + k: v for k, v in sd.items()}}]):
+        torch.save(payload, tmp_path / f"o{i}.pth")
+        ck = load_checkpoint(tmp_path / f"o{i}.pth")
+        assert ck.official and ck.config == micro_cfg and ck.class_names is None
+
+
+def test_checkpoint_errors_name_the_file_and_problem(tmp_path, micro_cfg):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+    (tmp_path / "lfs.pth").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:abc\n")
+    with pytest.raises(CheckpointError, match="LFS pointer"):
+        load_checkpoint(tmp_path / "lfs.pth")
+    torch.save({"model": {"a": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="not a Sigma checkpoint"):
+        load_checkpoint(tmp_path / "other.pth")
+    # wrong variant: the micro weights are not Sigma-Tiny; the message lists what differs
+    torch.save({"model": build_sigma(micro_cfg).state_dict()}, tmp_path / "micro.pth")
+    with pytest.raises(CheckpointError, match=r"does not match Sigma-tiny:(.|\n)*missing keys(.|\n)*shape mismatches"):
+        load_checkpoint(tmp_path / "micro.pth", variant="tiny")
+    with pytest.raises(CheckpointError, match="predicts 5 classes but the class configuration has 9"):
+        load_checkpoint(tmp_path / "micro.pth", num_classes=9)
+    # a tampered state dict (one tensor of the wrong shape)
+    sd = build_sigma(micro_cfg).state_dict()
+    sd["decode_head.up.linear1.weight"] = torch.zeros(3, 3)
+    torch.save(sd, tmp_path / "bad_shape.pth")
+    with pytest.raises(CheckpointError, match=r"decode_head\.up\.linear1\.weight: checkpoint \(3, 3\)"):
+        load_checkpoint(tmp_path / "bad_shape.pth")
+
+
+def test_checkpoints_never_unpickle_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"model": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_vmamba_imagenet_init_remaps_keys(tmp_path, micro_cfg):
+    """A VMamba v0 checkpoint (old key names, classifier head) initialises the shared encoder."""
+    donor = build_sigma(micro_cfg).backbone.vssm.state_dict()
+    renamed = {}
+    for k, v in donor.items():
+        if k.startswith("outnorm"):
+            continue  # VMamba classification checkpoints have no per-stage output norms
+        k = k.replace("patch_embed.0.", "patch_embed.proj.").replace("patch_embed.2.", "patch_embed.norm.")
+        k = k.replace(".norm.weight", ".ln_1.weight").replace(".norm.bias", ".ln_1.bias") if ".blocks." in k else k
+        k = k.replace(".op.", ".self_attention.")
+        renamed[k] = v + 1.0
+    renamed["head.weight"] = torch.zeros(1000, 256)
+    torch.save({"model": renamed}, tmp_path / "vssm.pth")
+    model = build_sigma(micro_cfg)
+    report = load_vmamba_imagenet(model, tmp_path / "vssm.pth")
+    assert report.loaded == len(renamed) - 1
+    assert sorted(report.missing) == sorted(k for k in donor if k.startswith("outnorm"))
+    assert report.skipped == ["head.weight"]
+    got = model.backbone.vssm.state_dict()
+    assert torch.equal(got["patch_embed.0.weight"], donor["patch_embed.0.weight"] + 1.0)
+    assert torch.equal(got["layers.0.blocks.0.norm.weight"], donor["layers.0.blocks.0.norm.weight"] + 1.0)
+    with pytest.raises(CheckpointError, match="do not fit this encoder"):
+        load_vmamba_imagenet(build_sigma(SigmaConfig.micro(num_classes=5, d_state=8)), tmp_path / "vssm.pth")

@@ -28,6 +28,7 @@ class Snapshot:
     decode_errors: int = 0
     inference_errors: int = 0
     outputs: int = 0
+    published: Dict[str, int] = field(default_factory=dict)  # per output topic (label, color, overlay, confidence)
     seconds_since_input: float = math.inf
     seconds_since_pair: float = math.inf
     recent_decode_errors: int = 0  # since the previous report
@@ -74,6 +75,7 @@ def key_values(s: Snapshot) -> List[Tuple[str, str]]:
         ("inference_errors", str(s.inference_errors)),
         ("outputs_published", str(s.outputs)),
     ]
+    kv.extend((f"published_{name}", str(n)) for name, n in sorted(s.published.items()))
     for prefix, stats in (("sync_offset_ms", s.sync_offset_ms), ("inference_latency_ms", s.inference_ms),
                           ("end_to_end_latency_ms", s.end_to_end_ms), ("node_latency_ms", s.node_latency_ms)):
         for q in ("p50", "p95", "max"):

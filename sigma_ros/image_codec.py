@@ -33,6 +33,8 @@ __all__ = [
     "ImageDecodeError",
     "ImageEncodeError",
     "image_to_numpy",
+    "compressed_to_numpy",
+    "decode_message",
     "image_fields",
     "numpy_to_image",
     "stamp_to_ns",
@@ -116,6 +118,55 @@ def image_to_numpy(msg: Any) -> np.ndarray:
         out = arr[:, :, 2::-1]
     # One copy: native byte order, C-contiguous, never aliasing the message buffer.
     return np.array(out, dtype=dtype.newbyteorder("="), order="C")
+
+
+def compressed_to_numpy(msg: Any) -> np.ndarray:
+    """Decode a sensor_msgs/CompressedImage (``format``, ``data``) with Pillow, to the same layout as
+    image_to_numpy: JPEG/PNG colour -> (H,W,3) RGB uint8, grey -> (H,W) uint8, 16-bit PNG -> (H,W) uint16.
+
+    image_transport's ``compressedDepth`` is handled too: a 12-byte header (format, depthQuantA, depthQuantB) then
+    a PNG; 16UC1 comes back as uint16, 32FC1 as float32 metres (inverse-depth quantisation undone, 0 -> NaN).
+    """
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    fmt = str(getattr(msg, "format", ""))
+    raw = _data_bytes(msg.data).tobytes()
+    depth = "compresseddepth" in fmt.lower()
+    if depth:
+        if len(raw) < 12:
+            raise ImageDecodeError(f"compressedDepth message of {len(raw)} bytes has no 12-byte header")
+        quant_a, quant_b = np.frombuffer(raw[4:12], dtype="<f4")
+        raw = raw[12:]
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("I;16", "I;16L", "I;16B", "I"):
+                arr = np.asarray(im).astype(np.uint16)
+            elif mode == "L":
+                arr = np.array(im)
+            else:
+                arr = np.array(im.convert("RGB"))
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise ImageDecodeError(f"cannot decode compressed image (format {fmt!r}): {e}") from None
+    if arr.size == 0:
+        raise ImageDecodeError(f"compressed image (format {fmt!r}) is empty")
+    if depth and fmt.split(";")[0].strip() == "32FC1":
+        inv = arr.astype(np.float32)
+        with np.errstate(divide="ignore"):
+            out = np.float32(quant_a) / (inv - np.float32(quant_b))
+        out[arr == 0] = np.nan
+        return out.astype(np.float32)
+    return arr
+
+
+def decode_message(msg: Any) -> np.ndarray:
+    """Image or CompressedImage (told apart by the ``format`` field) -> numpy, see image_to_numpy."""
+    if hasattr(msg, "format") and not hasattr(msg, "encoding"):
+        return compressed_to_numpy(msg)
+    return image_to_numpy(msg)
 
 
 def _data_bytes(data: Any) -> np.ndarray:

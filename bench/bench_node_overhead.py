@@ -1,0 +1,164 @@
+"""Node overhead per 640x480 RGB + thermal pair, excluding the model forward.
+
+Runs the node's own per-frame code (sigma_ros.ros.node uses the same functions) with the network replaced by a stub
+that returns precomputed logits, so what is left is the node's cost around the model:
+
+  decode      sensor_msgs/Image -> numpy for both inputs (image_codec.image_to_numpy)
+  pair        approximate-time pairing (sync.ApproximateTimeSync.add, two messages)
+  preprocess  numpy -> normalised tensors (Segmenter.preprocess -> preprocess.preprocess_pair)
+  postprocess logits -> labels (argmax, to numpy) [+ softmax confidence]
+  render      label/color/overlay arrays (ros.outputs.render_outputs -> postprocess.colorize/overlay)
+  encode      numpy -> sensor_msgs/Image messages (image_codec.numpy_to_image)
+  publish     rclpy Publisher.publish of the output messages (no subscribers: message conversion only)
+
+Target: total <= 10 ms on the CI CPU. Usage:
+    python bench/bench_node_overhead.py [--iters 50] [--width 640 --height 480] [--thermal mono8|mono16]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import torch
+
+from sigma_ros.classes import DATASETS
+from sigma_ros.data.synthetic import make_scene
+from sigma_ros.image_codec import image_to_numpy, numpy_to_image
+from sigma_ros.model import SigmaConfig
+from sigma_ros.ros.outputs import render_outputs, to_messages
+from sigma_ros.segmenter import Segmenter
+from sigma_ros.sync import ApproximateTimeSync
+
+
+class StubNet(torch.nn.Module):
+    """Stands in for Sigma: returns fixed logits of the input's size (the forward pass is what we exclude)."""
+
+    def __init__(self, num_classes: int, height: int, width: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.logits = torch.randn(1, num_classes, height, width, generator=g)
+
+    def forward(self, rgb, x):
+        return self.logits.expand(rgb.shape[0], -1, -1, -1)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--iters", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--width", type=int, default=640)
+    ap.add_argument("--height", type=int, default=480)
+    ap.add_argument("--thermal", choices=("mono8", "mono16"), default="mono16")
+    ap.add_argument("--confidence", action="store_true", help="also compute and encode ~/confidence")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    h, w = args.height, args.width
+    classes = DATASETS["mfnet"]
+    seg = Segmenter(StubNet(classes.num_classes, h, w), SigmaConfig.micro(num_classes=classes.num_classes),
+                    class_names=classes.class_names, palette=classes.palette, device="cpu")
+    scene = make_scene(0, h, w)
+    x = scene["x"].astype(np.uint16) << 8 if args.thermal == "mono16" else scene["x"]
+    rgb_msg = numpy_to_image(scene["rgb"], "rgb8")
+    x_msg = numpy_to_image(x, args.thermal)
+    for m in (rgb_msg, x_msg):
+        m.header.stamp.sec, m.header.frame_id = 1, "camera"
+
+    publishers = None
+    try:
+        import rclpy
+        from sensor_msgs.msg import Image
+
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=int(os.environ.get("ROS_DOMAIN_ID", "0")))
+        ros_node = rclpy.create_node("bench_node_overhead", context=context)
+        publishers = {n: ros_node.create_publisher(Image, f"~/{n}", 2) for n in ("label", "color", "overlay",
+                                                                                   "confidence")}
+    except ImportError:
+        print("(rclpy not importable: the publish stage is skipped)")
+
+    sync = ApproximateTimeSync(num_inputs=2, queue_size=10, slop=0.05)
+    stages = ("decode", "pair", "preprocess", "postprocess", "render", "encode", "publish")
+    times = {s: [] for s in stages}
+    totals = []
+    for i in range(args.warmup + args.iters):
+        stamp = (i + 1) * 33_000_000
+        t = [time.perf_counter()]
+        rgb = image_to_numpy(rgb_msg)
+        xa = image_to_numpy(x_msg)
+        t.append(time.perf_counter())
+        sync.add(0, stamp, rgb)
+        match = sync.add(1, stamp + 1_000_000, xa)
+        assert match is not None
+        t.append(time.perf_counter())
+        rgb_t, x_t = seg.preprocess(rgb, xa)
+        t.append(time.perf_counter())
+        with torch.inference_mode():
+            logits = seg.logits(rgb_t[None], x_t[None])[0]  # the stub: precomputed
+            if args.confidence:
+                conf, labels = torch.softmax(logits, dim=0).max(dim=0)
+                labels, conf = labels.numpy().astype(np.int64), conf.numpy()
+            else:
+                labels, conf = logits.argmax(dim=0).numpy().astype(np.int64), None
+        t.append(time.perf_counter())
+        outputs = render_outputs(labels, rgb, seg.palette, alpha=0.5, num_classes=seg.num_classes,
+                                 want_color=True, want_overlay=True, confidence=conf)
+        t.append(time.perf_counter())
+        msgs = to_messages(outputs, rgb_msg.header)
+        t.append(time.perf_counter())
+        if publishers is not None:
+            for name, msg in msgs.items():
+                publishers[name].publish(msg)
+        t.append(time.perf_counter())
+        if i >= args.warmup:
+            for s, a, b in zip(stages, t[:-1], t[1:]):
+                times[s].append((b - a) * 1e3)
+            totals.append((t[-1] - t[0]) * 1e3)
+
+    # The same pipeline through Segmenter.__call__ (what the node calls), as a cross-check of the split above.
+    call = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        seg(rgb, xa, confidence=args.confidence)
+        call.append((time.perf_counter() - t0) * 1e3)
+
+    print(f"\nsigma_ros node overhead per {w}x{h} pair (rgb8 + {args.thermal}), model forward excluded")
+    print(f"machine: {platform.node()} | {cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__} "
+          f"({torch.get_num_threads()} threads) | numpy {np.__version__} | python {platform.python_version()} | "
+          f"load average {os.getloadavg()[0]:.1f}")
+    outs = ", ".join(f"{k} {v[1]}" for k, v in outputs.items())
+    print(f"outputs: {outs}; {args.iters} iterations after {args.warmup} warm-up\n")
+    print(f"{'stage':<13}{'median ms':>10}{'p95 ms':>9}")
+    for s in stages:
+        if times[s] and (publishers is not None or s != "publish"):
+            print(f"{s:<13}{np.median(times[s]):>10.2f}{np.percentile(times[s], 95):>9.2f}")
+    total = float(np.median(totals))
+    print(f"{'total':<13}{total:>10.2f}{np.percentile(totals, 95):>9.2f}   (target <= 10 ms: "
+          f"{'PASS' if total <= 10.0 else 'FAIL'})")
+    print(f"\n(cross-check: Segmenter.__call__ with the stub = preprocess + postprocess: "
+          f"median {np.median(call):.2f} ms)")
+    if publishers is not None:
+        ros_node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -101,7 +101,9 @@ class Segmenter:
             return build_fast_forward(self.model, dtype)
 
         def forward(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, dtype=dtype, enabled=dtype != torch.float32):
+            low = dtype != torch.float32
+            with torch.autocast(self.device.type, dtype=dtype, enabled=low), \
+                    torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=low):
                 return self.model(rgb, x).float()
 
         return forward

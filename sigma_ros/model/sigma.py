@@ -9,6 +9,7 @@ Mamba decoder. Tensors between blocks are channels-last (B, H, W, C), as in the 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -17,6 +18,25 @@ from torch import nn
 
 from ..ops.selective_scan import selective_scan
 from .config import SigmaConfig
+
+
+# The official code casts every scan input to float32. Under autocast the GPU fast path instead hands the kernel its
+# bf16/fp16 inputs (it keeps the state and accumulation in fp32): half the scan's memory traffic, no cast kernels.
+_scan_low_precision_inputs = False
+
+
+@contextlib.contextmanager
+def low_precision_scan_inputs(enabled: bool = True):
+    global _scan_low_precision_inputs
+    previous, _scan_low_precision_inputs = _scan_low_precision_inputs, enabled
+    try:
+        yield
+    finally:
+        _scan_low_precision_inputs = previous
+
+
+def _scan_input(t: torch.Tensor) -> torch.Tensor:
+    return t if _scan_low_precision_inputs else t.float()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -78,12 +98,13 @@ class SSMParams(nn.Module):
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        dtype = dts.dtype  # under autocast einsum gives bf16/fp16 while xs may still be fp32
         ys = selective_scan(
-            xs.reshape(b, k * d, seq_len).float(),
-            dts.reshape(b, k * d, seq_len).float(),
+            _scan_input(xs.reshape(b, k * d, seq_len).to(dtype)),
+            _scan_input(dts.reshape(b, k * d, seq_len)),
             -torch.exp(self.A_logs.float()),
-            bs.float().contiguous(),  # grouped: direction k drives channels k*D .. (k+1)*D-1
-            cs.float().contiguous(),
+            _scan_input(bs).contiguous(),  # grouped: direction k drives channels k*D .. (k+1)*D-1
+            _scan_input(cs).contiguous(),
             self.Ds.float(),
             delta_bias=self.dt_projs_bias.reshape(-1).float(),
             delta_softplus=True,
@@ -248,9 +269,10 @@ class CrossMambaSSM(nn.Module):
     def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each
         dt_r, b_r, c_r = self._project(u_rgb, 1)
         dt_x, b_x, c_x = self._project(u_x, 2)
-        y_r = selective_scan(u_rgb.float(), dt_r.float(), -torch.exp(self.A_log_1.float()), b_r.float(), c_x.float(),
+        f, dtype = _scan_input, dt_r.dtype
+        y_r = selective_scan(f(u_rgb.to(dtype)), f(dt_r), -torch.exp(self.A_log_1.float()), f(b_r), f(c_x),
                              self.D_1.float(), delta_bias=self.dt_proj_1.bias.float(), delta_softplus=True)
-        y_x = selective_scan(u_x.float(), dt_x.float(), -torch.exp(self.A_log_2.float()), b_x.float(), c_r.float(),
+        y_x = selective_scan(f(u_x.to(dtype)), f(dt_x), -torch.exp(self.A_log_2.float()), f(b_x), f(c_r),
                              self.D_2.float(), delta_bias=self.dt_proj_2.bias.float(), delta_softplus=True)
         return self.out_norm_1(y_r.transpose(1, 2)), self.out_norm_2(y_x.transpose(1, 2))
 

@@ -281,7 +281,14 @@ def send_pair(harness, node, rgb, x, *, x_encoding="mono8", rgb_encoding="rgb8",
     return stamp
 
 
-def wait_labels(harness, node, stamps, timeout=20.0):
+def send_and_wait(harness, node, rgb, x, **kw):
+    """Send one pair and wait for its label: the next pair cannot supersede it in the node's latest-pair slot."""
+    stamp = send_pair(harness, node, rgb, x, **kw)
+    wait_labels(harness, node, [stamp])
+    return stamp
+
+
+def wait_labels(harness, node, stamps, timeout=30.0):
     topic = node.topic("label")
     harness.wait(lambda: set(stamps) <= set(harness.by_stamp(topic)), timeout,
                  f"labels for {len(stamps)} pairs on {topic}\n{node.output()[-3000:]}")
@@ -295,11 +302,8 @@ def agreement(a, b) -> float:
 # ------------------------------------------------------------------ tests
 def test_synchronized_pairs_give_correct_outputs(harness, main_node, reference):
     scenes = [make_scene(seed, H, W) for seed in range(4)]
-    stamps = []
-    for sc in scenes:
-        stamps.append(send_pair(harness, main_node, sc["rgb"], sc["x"]))
-        time.sleep(0.5)  # slower than inference: every pair is processed
-    labels = wait_labels(harness, main_node, stamps)
+    stamps = [send_and_wait(harness, main_node, sc["rgb"], sc["x"]) for sc in scenes]
+    labels = harness.by_stamp(main_node.topic("label"))
     wait_for = lambda name: harness.wait(  # noqa: E731
         lambda: set(stamps) <= set(harness.by_stamp(main_node.topic(name))), 10, name)
     for name in ("color", "overlay", "confidence"):
@@ -328,10 +332,9 @@ def test_thermal_of_other_resolution_and_16bit(harness, main_node, reference):
     sc = make_scene(11, H, W)
     small = sc["x"][::2, ::2].copy()  # half resolution: resized to the RGB geometry
     x16 = (sc["x"].astype(np.uint16) << 8) | 0x7F  # 16-bit radiometric thermal
-    s1 = send_pair(harness, main_node, sc["rgb"], small)
-    time.sleep(0.5)
-    s2 = send_pair(harness, main_node, sc["rgb"], x16, x_encoding="mono16", rgb_encoding="bgr8")
-    labels = wait_labels(harness, main_node, [s1, s2])
+    s1 = send_and_wait(harness, main_node, sc["rgb"], small)
+    s2 = send_and_wait(harness, main_node, sc["rgb"], x16, x_encoding="mono16", rgb_encoding="bgr8")
+    labels = harness.by_stamp(main_node.topic("label"))
     for stamp, x in ((s1, small), (s2, x16)):
         lab = image_to_numpy(labels[stamp])
         assert lab.shape == (H, W)
@@ -342,15 +345,12 @@ def test_thermal_of_other_resolution_and_16bit(harness, main_node, reference):
 def test_stamps_inside_and_outside_slop(harness, main_node):
     sc = make_scene(3, H, W)
     before, _ = harness.fresh_diagnostics(main_node.fqn)
-    inside = send_pair(harness, main_node, sc["rgb"], sc["x"], dt_ns=15_000_000)  # slop is 20 ms
-    time.sleep(0.4)
+    inside = send_and_wait(harness, main_node, sc["rgb"], sc["x"], dt_ns=15_000_000)  # slop is 20 ms
     outside = send_pair(harness, main_node, sc["rgb"], sc["x"], dt_ns=30_000_000)
-    time.sleep(0.4)
-    negative = send_pair(harness, main_node, sc["rgb"], sc["x"], dt_ns=-19_000_000)
-    time.sleep(0.4)
-    after_ok = send_pair(harness, main_node, sc["rgb"], sc["x"], dt_ns=0)
-    labels = wait_labels(harness, main_node, [inside, negative, after_ok])
-    time.sleep(0.5)
+    time.sleep(0.4)  # stamps are wall-clock: the next pair is far from both halves of `outside`
+    negative = send_and_wait(harness, main_node, sc["rgb"], sc["x"], dt_ns=-19_000_000)
+    after_ok = send_and_wait(harness, main_node, sc["rgb"], sc["x"], dt_ns=0)
+    labels = harness.by_stamp(main_node.topic("label"))
     assert outside not in harness.by_stamp(main_node.topic("label"))
     assert labels[inside].header.stamp.nanosec == inside % 10**9  # outputs carry the RGB stamp
     after, _ = harness.fresh_diagnostics(main_node.fqn)
@@ -395,14 +395,11 @@ def test_outputs_without_subscribers_are_not_computed(harness, main_node):
         harness.unsubscribe(main_node.topic(name))
     harness.wait(lambda: all(harness.node.count_subscribers(main_node.topic(n)) == 0
                              for n in ("color", "overlay", "confidence")), 10, "unsubscribed")
-    time.sleep(0.5)  # let the node's graph cache see it
+    time.sleep(1.0)  # let the node's graph cache see it
     before, _ = harness.fresh_diagnostics(main_node.fqn)
     sc = make_scene(6, H, W)
-    stamps = []
     for _ in range(3):
-        stamps.append(send_pair(harness, main_node, sc["rgb"], sc["x"]))
-        time.sleep(0.4)
-    wait_labels(harness, main_node, stamps)
+        send_and_wait(harness, main_node, sc["rgb"], sc["x"])
     after, _ = harness.fresh_diagnostics(main_node.fqn)
     assert int(after["published_label"]) >= int(before["published_label"]) + 3
     for name in ("color", "overlay", "confidence"):
@@ -423,7 +420,8 @@ def test_parameters_have_descriptors_and_overlay_alpha_changes_at_run_time(harne
 
     described = {d.name: d for d in call(client.describe_parameters(
         ["overlay_alpha", "device", "sync.slop", "sync.queue_size", "checkpoint"])).descriptors}
-    assert described["overlay_alpha"].floating_point_range[0].to_value == 1.0 and not described["overlay_alpha"].read_only
+    alpha = described["overlay_alpha"]
+    assert alpha.floating_point_range[0].to_value == 1.0 and not alpha.read_only
     assert described["device"].read_only and "auto" in described["device"].additional_constraints
     assert described["sync.queue_size"].integer_range[0].from_value == 1
     assert described["checkpoint"].description
@@ -437,7 +435,7 @@ def test_parameters_have_descriptors_and_overlay_alpha_changes_at_run_time(harne
     results = call(client.set_parameters([Parameter("overlay_alpha", value=1.0)])).results
     assert results[0].successful
     harness.wait(lambda: harness.node.count_publishers(main_node.topic("overlay")) > 0, 5, "overlay publisher")
-    time.sleep(0.5)
+    time.sleep(1.0)  # let the node see our re-created subscriptions
     sc = make_scene(8, H, W)
     stamp = send_pair(harness, main_node, sc["rgb"], sc["x"])
     wait_labels(harness, main_node, [stamp])
@@ -464,7 +462,7 @@ def test_diagnostics_report(harness, main_node, mfnet_ckpt):
     mine = [t for t, arr in harness.msgs("/diagnostics") if any(s.name.startswith(main_node.fqn + ":")
                                                                for s in arr.status)]
     periods = np.diff(mine[-4:]) / 1e9
-    assert np.all((periods > 0.5) & (periods < 1.6)), periods
+    assert np.all((periods > 0.3) & (periods < 2.0)), periods
 
 
 def test_sigint_exits_cleanly(main_node):
@@ -490,10 +488,8 @@ def test_depth_node_with_nan_and_16bit_depth(harness, workdir):
         depth[-5:, :20] = np.inf
         depth_mm = np.nan_to_num(depth * 1000, nan=0, posinf=0).astype(np.uint16)
         rgba = np.concatenate([sc["rgb"], np.full((H, W, 1), 255, np.uint8)], axis=2)
-        s1 = send_pair(harness, node, sc["rgb"], depth, x_encoding="32FC1")
-        time.sleep(0.5)
-        s2 = send_pair(harness, node, sc["rgb"], depth_mm, x_encoding="16UC1")
-        time.sleep(0.5)
+        s1 = send_and_wait(harness, node, sc["rgb"], depth, x_encoding="32FC1")
+        s2 = send_and_wait(harness, node, sc["rgb"], depth_mm, x_encoding="16UC1")
         stamp = new_stamp()
         harness.publisher(node.rgb_topic).publish(stamp_header(_rgba_msg(rgba), stamp, "rgb_optical"))
         harness.publisher(node.x_topic).publish(image(depth, "32FC1", stamp))
@@ -523,7 +519,7 @@ def test_slow_inference_keeps_latency_bounded_and_memory_flat(harness, workdir, 
     Camera images are 240x320 (so leaked frames would show in RSS), inference runs at 96x64 (input_size) and
     ``debug.inference_delay`` pads each inference to about 200 ms.
     """
-    node = NodeProcess(workdir, "slow", "-p", f"checkpoint:={mfnet_ckpt}", "-p", "device:=cpu",
+    node = NodeProcess(workdir, "slow", "-p", f"checkpoint:={mfnet_ckpt}",  # device: auto (the default)
                        "-p", "input_size:=96x64", "-p", "debug.inference_delay:=0.15")
     harness.subscribe(node.topic("label"))
     try:
@@ -550,6 +546,10 @@ def test_slow_inference_keeps_latency_bounded_and_memory_flat(harness, workdir, 
     finally:
         rc = node.stop(signal.SIGINT)
     assert rc == 0, node.output()
+    import torch
+
+    if not torch.cuda.is_available():
+        assert "device auto: CUDA is not available, running on the CPU" in node.output()
     got = [(t, m) for t, m in harness.msgs(node.topic("label"))
            if m.header.stamp.sec * 10**9 + m.header.stamp.nanosec in set(sent)]
     latency = np.array([(t - (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)) / 1e9 for t, m in got])
@@ -559,7 +559,8 @@ def test_slow_inference_keeps_latency_bounded_and_memory_flat(harness, workdir, 
     assert len(got) <= 1.2 * elapsed / inference + 2  # ... and never ran ahead of itself
     p95 = float(np.percentile(latency, 95))
     print(f"\n30 Hz in, inference {inference * 1e3:.0f} ms: {len(got)} outputs from {n_frames} pairs, "
-          f"end-to-end p50 {np.median(latency) * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms, RSS {rss[0]:.0f} -> {rss[1]:.0f} MB")
+          f"end-to-end p50 {np.median(latency) * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms, "
+          f"RSS {rss[0]:.0f} -> {rss[1]:.0f} MB")
     assert p95 < 2 * inference, (p95, inference)
     assert int(diag["pairs_dropped"]) >= n_frames // 2  # most pairs were superseded, and counted
     assert (np.array([m.height for _, m in got]) == hh).all()

@@ -127,7 +127,8 @@ class SegmentationNode(Node):
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: {self._model_text()} on {self.segmenter.device} ({s.precision}); "
+            f"ready: {self._model_text()} on {self.segmenter.device} ({s.precision}, scan backend "
+            f"{self._static.get('scan_backend', '?')}); "
             f"rgb={self._subs['rgb'].topic_name} x={self._subs['x'].topic_name} ({s.modality}); "
             f"outputs under {self.get_fully_qualified_name()}/")
 
@@ -331,9 +332,12 @@ def main(args: Optional[list] = None) -> int:
     # destroyed, exit code 0) instead of a KeyboardInterrupt traceback from wherever the main thread was.
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     stop = threading.Event()
+    started = threading.Event()
 
     def on_signal(signum, _frame):
         stop.set()
+        if not started.is_set():  # still loading the model: abandon start-up now rather than after it
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
@@ -344,6 +348,7 @@ def main(args: Optional[list] = None) -> int:
         except StartupError as e:
             rclpy.logging.get_logger(NODE_NAME).fatal(f"cannot start: {e}")
             return 1
+        started.set()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         try:
@@ -353,7 +358,11 @@ def main(args: Optional[list] = None) -> int:
             pass
         node.get_logger().info("shutting down")
         return 0
+    except KeyboardInterrupt:
+        rclpy.logging.get_logger(NODE_NAME).info("interrupted during start-up")
+        return 0
     finally:
+        started.set()  # from here on a signal only sets the flag
         if node is not None:
             node.close()
             node.destroy_node()

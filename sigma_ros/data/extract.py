@@ -25,6 +25,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -59,6 +61,7 @@ class ExtractConfig:
     stamp: str = "header"  # "header" (message stamps) or "bag" (receive time)
     modality: str = "auto"  # thermal | depth | auto (32FC1/16UC1 -> depth, else thermal)
     depth_scale: float = 1000.0  # 32FC1 metres -> uint16 units (1000: millimetres)
+    workers: int = 0  # PNG writer threads (0: min(8, CPUs))
     progress: bool = True
 
     def validate(self) -> None:
@@ -231,6 +234,38 @@ class _Extractor:
         self.warned: set = set()
         for sub in ("RGB", "Modal") + (("Label",) if cfg.label_topic else ()):
             (out / sub).mkdir(parents=True, exist_ok=True)
+        # PNG encoding (zlib, GIL released) is most of the cost: a few writer threads encode while the main thread
+        # reads and decodes the next messages. A frame counts as written once all its files are complete.
+        workers = cfg.workers or min(8, os.cpu_count() or 1)
+        self.pool = ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="png")
+        self.max_pending = 2 * max(workers, 1)
+        self.pending: deque = deque()  # (name, entry, futures, report)
+
+    def _complete_oldest(self) -> None:
+        name, entry, futures, report = self.pending.popleft()
+        errors = [f.exception() for f in futures]  # waits for each
+        error = next((e for e in errors if e is not None), None)
+        if error is not None:
+            raise error
+        report.written += 1
+        self.frames[name] = entry
+
+    def drain(self) -> None:
+        """Wait for every frame in flight; the first write error is raised after all have settled."""
+        first = None
+        while self.pending:
+            try:
+                self._complete_oldest()
+            except BaseException as e:  # noqa: B036 - keep settling the others, re-raise the first
+                first = first or e
+        if first is not None:
+            raise first
+
+    def close(self) -> None:
+        try:
+            self.drain()
+        finally:
+            self.pool.shutdown(wait=True)
 
     def warn_once(self, key, msg):
         if key not in self.warned:
@@ -330,13 +365,16 @@ class _Extractor:
                 return
             report.rewritten += 1
         try:
-            entry.update(self.write_frame(name, match, topics))
+            extra, files = self.prepare_frame(name, match, topics)
         except ImageDecodeError as e:
             report.decode_errors += 1
             self.warn_once(("decode", str(e)[:60]), f"{bag}: frame at {rgb_stamp} skipped: {e}")
             return
-        report.written += 1
-        self.frames[name] = entry
+        entry.update(extra)
+        futures = [self.pool.submit(write_png, path, arr) for path, arr in files]
+        self.pending.append((name, entry, futures, report))
+        while len(self.pending) > self.max_pending:
+            self._complete_oldest()
 
     def decode(self, payload, topic: str):
         raw, msgtype = payload
@@ -349,7 +387,8 @@ class _Extractor:
         except ImageDecodeError as e:
             raise ImageDecodeError(f"topic {topic}: {e}") from None
 
-    def write_frame(self, name: str, match, topics) -> dict:
+    def prepare_frame(self, name: str, match, topics) -> tuple[dict, list]:
+        """Decode and convert one synchronized set; returns (manifest fields, [(png path, array), ...])."""
         cfg = self.cfg
         rgb, rgb_enc = self.decode(match.msgs[0], topics[0])
         if rgb.ndim == 2:  # a grey camera on the RGB topic: replicate the channel
@@ -382,13 +421,11 @@ class _Extractor:
                 label = label.astype(np.uint8)
             if label.shape != (h, w):
                 label = _resize(label, (w, h), nearest=True)
-        # Write Modal and Label first and RGB last: resume checks all three, so the order is only for tidiness.
-        write_png(self.out / "Modal" / f"{name}.png", x)
+        files = [(self.out / "RGB" / f"{name}.png", rgb), (self.out / "Modal" / f"{name}.png", x)]
         if label is not None:
-            write_png(self.out / "Label" / f"{name}.png", label)
-        write_png(self.out / "RGB" / f"{name}.png", rgb)
-        return {"rgb_encoding": rgb_enc, "x_encoding": x_enc, "size": [w, h], "x_size": x_size,
-                "x_dtype": str(x.dtype)}
+            files.append((self.out / "Label" / f"{name}.png", label))
+        return ({"rgb_encoding": rgb_enc, "x_encoding": x_enc, "size": [w, h], "x_size": x_size,
+                 "x_dtype": str(x.dtype)}, files)
 
     def finish(self, reports: list, processed_ok: set) -> tuple[list, int, int]:
         """Merge with the old manifest, split, write lists + manifest. Returns (frames, n_train, n_test)."""
@@ -456,7 +493,10 @@ def extract(bags, out_dir, cfg: ExtractConfig, log: Callable[[str], None] = prin
     try:
         for report in reports:
             try:
-                ex.run_bag(Path(report.path), report.name, report)
+                try:
+                    ex.run_bag(Path(report.path), report.name, report)
+                finally:
+                    ex.drain()  # this bag's frames are on disk before the next bag starts
                 report.status = "ok"
                 processed_ok.add(report.name)
             except BagError as e:
@@ -464,6 +504,10 @@ def extract(bags, out_dir, cfg: ExtractConfig, log: Callable[[str], None] = prin
                 log(f"error: {e}")
     finally:
         # Always leave lists and a manifest that describe the frames on disk, even after Ctrl-C.
+        try:
+            ex.close()
+        except BaseException:  # noqa: B036 - already propagating the first error; frames that failed stay unlisted
+            pass
         frames, n_train, n_test = ex.finish(reports, processed_ok)
         summary.total_frames, summary.train, summary.test = len(frames), n_train, n_test
         bag_docs = dict(old.get("bags", {}))

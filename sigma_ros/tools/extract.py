@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "filter and the manifest's modality")
     parser.add_argument("--depth-scale", type=float, default=1000.0,
                         help="32FC1 depth (metres) is stored as uint16 round(d * scale); default 1000 = mm")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="PNG writer threads (default 0: min(8, CPU count))")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         rgb_topic=args.rgb_topic, x_topic=args.x_topic, label_topic=args.label_topic, slop=args.slop,
         queue_size=args.queue_size, every=args.every, min_interval=args.min_interval,
         test_fraction=args.test_fraction, seed=args.seed, split_block=args.split_block, stamp=args.stamp,
-        modality=args.modality, depth_scale=args.depth_scale, progress=not args.quiet)
+        modality=args.modality, depth_scale=args.depth_scale, workers=args.workers, progress=not args.quiet)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)

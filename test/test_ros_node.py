@@ -520,7 +520,7 @@ def test_slow_inference_keeps_latency_bounded_and_memory_flat(harness, workdir, 
     ``debug.inference_delay`` pads each inference to about 200 ms.
     """
     node = NodeProcess(workdir, "slow", "-p", f"checkpoint:={mfnet_ckpt}",  # device: auto (the default)
-                       "-p", "input_size:=96x64", "-p", "debug.inference_delay:=0.15")
+                       "-p", "input_size:=96x64", "-p", "debug.inference_delay:=0.15", "-p", "cpu_threads:=1")
     harness.subscribe(node.topic("label"))
     try:
         node.wait_ready(harness)
@@ -542,7 +542,7 @@ def test_slow_inference_keeps_latency_bounded_and_memory_flat(harness, workdir, 
         elapsed = time.monotonic() - t0
         time.sleep(1.5)
         diag, _ = harness.fresh_diagnostics(node.fqn)
-        assert node.proc.poll() is None
+        assert node.proc.poll() is None and diag["cpu_threads"] == "1"
     finally:
         rc = node.stop(signal.SIGINT)
     assert rc == 0, node.output()

@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterException
@@ -123,6 +124,7 @@ class SegmentationNode(Node):
             "class_config": s.config or "(from checkpoint)",
             "input_size": "native" if s.input_size is None else f"{s.input_size[0]}x{s.input_size[1]}",
             "modality": s.modality,
+            "cpu_threads": str(torch.get_num_threads()),
         })
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
@@ -146,8 +148,6 @@ class SegmentationNode(Node):
             raise StartupError(str(e)) from None
 
     def _load_segmenter(self, s: NodeSettings):
-        import torch
-
         from sigma_ros.model import CheckpointError
         from sigma_ros.segmenter import Segmenter
 
@@ -156,9 +156,14 @@ class SegmentationNode(Node):
         if s.device == "cuda" and not torch.cuda.is_available():
             raise StartupError(f"device:=cuda requested but CUDA is not available (torch {torch.__version__}, "
                                f"cuda build: {torch.version.cuda}); use device:=auto or device:=cpu")
-        if s.device == "auto" and not torch.cuda.is_available():
-            self.get_logger().warning("device auto: CUDA is not available, running on the CPU (slow for real "
-                                      "models; set device:=cpu to silence this)")
+        if s.cpu_threads > 0:
+            torch.set_num_threads(s.cpu_threads)
+        device = s.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cpu":
+                self.get_logger().warning("device auto: CUDA is not available, running on the CPU (slow for real "
+                                          "models; set device:=cpu to silence this)")
         class_config = None
         if s.config:
             from sigma_ros.classes import load_class_config
@@ -168,7 +173,7 @@ class SegmentationNode(Node):
                 raise StartupError(f"class config {s.config!r} (parameter 'config'): {e}") from None
         try:
             seg = Segmenter.from_checkpoint(
-                s.checkpoint, variant=s.variant or None, class_config=class_config, device=s.device,
+                s.checkpoint, variant=s.variant or None, class_config=class_config, device=device,
                 precision=s.precision, input_size=s.input_size, modality=s.modality, depth_range=s.depth_range,
                 fast=s.fast_path)
         except CheckpointError as e:  # names the file and the problem (also variant/class-count mismatches)

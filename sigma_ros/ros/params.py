@@ -56,6 +56,9 @@ PARAMETERS: List[ParamSpec] = [
               choices=MODALITIES),
     ParamSpec("depth_range", [0.0, 10.0], "Depth clipping range [min, max] in metres, used when modality=depth."),
     ParamSpec("fast_path", True, "Use the GPU speed path of the segmenter (fused kernels, graphs) when available."),
+    ParamSpec("cpu_threads", 0, "PyTorch intra-op threads for CPU work (0 = PyTorch's default, one per core). "
+              "Lower it when other nodes need the CPU: oversubscribed cores slow PyTorch down a lot.",
+              int_range=(0, 1024)),
     ParamSpec("publish_confidence", False, "Also compute ~/confidence (32FC1 max softmax probability) while it has "
               "subscribers."),
     ParamSpec("debug.inference_delay", 0.0, "Testing aid: extra seconds slept after each inference, to emulate a slow "
@@ -79,6 +82,7 @@ class NodeSettings:
     modality: str
     depth_range: Tuple[float, float]
     fast_path: bool
+    cpu_threads: int
     publish_confidence: bool
     inference_delay: float
 
@@ -146,6 +150,7 @@ def validate(values: Dict[str, Any]) -> NodeSettings:
         modality=_choice(values, "modality"),
         depth_range=parse_depth_range(values["depth_range"]),
         fast_path=bool(values["fast_path"]),
+        cpu_threads=int(_in_range(values, "cpu_threads")),
         publish_confidence=bool(values["publish_confidence"]),
         inference_delay=float(_in_range(values, "debug.inference_delay")),
     )

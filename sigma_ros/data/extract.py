@@ -181,7 +181,8 @@ def depth_to_mm(depth: np.ndarray, scale: float = 1000.0) -> np.ndarray:
 def _resize(a: np.ndarray, size_wh: tuple[int, int], nearest: bool) -> np.ndarray:
     from PIL import Image
 
-    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BILINEAR
+    modes = getattr(Image, "Resampling", Image)  # Pillow < 9.1 has the constants on Image itself
+    resample = modes.NEAREST if nearest else modes.BILINEAR
     if a.dtype == np.uint8:
         return np.asarray(Image.fromarray(a).resize(size_wh, resample))
     f = np.asarray(Image.fromarray(a.astype(np.float32), "F").resize(size_wh, resample))

@@ -87,6 +87,9 @@ def fake_launch(monkeypatch):
     for name, mod in {"launch": launch, "launch.actions": actions, "launch.substitutions": subs,
                       "launch_ros": launch_ros, "launch_ros.actions": ros_actions}.items():
         monkeypatch.setitem(sys.modules, name, mod)
+    # Check this checkout's files, not an installed copy (ament index / sys.prefix) that may be older.
+    import sigma_ros.ros.launch_common as common
+    monkeypatch.setattr(common, "share_dir", lambda: str(ROOT))
     return launch
 
 

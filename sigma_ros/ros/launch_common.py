@@ -7,6 +7,7 @@ functions: this module (and its argument table) stays importable where ROS launc
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from typing import Dict, List, Tuple
 
@@ -35,8 +36,12 @@ def share_dir() -> str:
     try:
         from ament_index_python.packages import get_package_share_directory
         return get_package_share_directory(PACKAGE)
-    except Exception:  # not installed through colcon/ament: fall back to the repository layout
-        return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except Exception:  # not installed through colcon/ament
+        pass
+    prefix_share = os.path.join(sys.prefix, "share", PACKAGE)  # `pip install .` puts data_files under the prefix
+    if os.path.isdir(os.path.join(prefix_share, "config")):
+        return prefix_share
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # source checkout
 
 
 def resolve_config(value: str, share: str) -> str:

@@ -117,7 +117,6 @@ class SegmentationNode(Node):
                                           qos_profile_sensor_data),
         }
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._static = {k: str(v) for k, v in self.segmenter.describe().items()}  # device, model, checkpoint, ...
         self._static.update({
             "checkpoint": os.path.abspath(s.checkpoint),
@@ -126,6 +125,7 @@ class SegmentationNode(Node):
             "modality": s.modality,
             "cpu_threads": str(torch.get_num_threads()),
         })
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics)
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(

@@ -40,7 +40,7 @@ PARAMETERS: List[ParamSpec] = [
               "from the checkpoint; a non-empty variant is checked against it and start-up fails on a mismatch.",
               choices=("",) + VARIANTS),
     ParamSpec("config", "", "Class config: a built-in name (mfnet, pst900, nyu, sunrgbd) or a YAML path (e.g. one of "
-              "the package's config/*.yaml). Empty: class names, palette and preprocessing from the checkpoint."),
+              "the package's config/*.yaml). Empty: class names and palette from the checkpoint."),
     ParamSpec("device", "auto", "auto (cuda when available, else cpu with a warning) | cuda (fail when absent) | cpu.",
               choices=DEVICES),
     ParamSpec("precision", "fp32", "Inference precision on the device: fp32 | fp16 | bf16.", choices=PRECISIONS),

@@ -473,11 +473,9 @@ def test_sigint_exits_cleanly(main_node):
 
 
 def test_depth_node_with_nan_and_16bit_depth(harness, workdir):
-    """RGB-D as the rgbd launch file runs it: config/nyu.yaml (40 classes, modality depth); SIGTERM ends it."""
-    cfg = ROOT / "config" / "nyu.yaml"
+    """RGB-D with the built-in class config `nyu` (40 classes): modality depth comes from it. SIGTERM ends it."""
     ckpt = _checkpoint(workdir / "micro_nyu.pt", "nyu", seed=1)
-    node = NodeProcess(workdir, "depth", "--params-file", str(cfg), "-p", f"config:={cfg}",
-                       "-p", f"checkpoint:={ckpt}", "-p", "device:=cpu")
+    node = NodeProcess(workdir, "depth", "-p", "config:=nyu", "-p", f"checkpoint:={ckpt}", "-p", "device:=cpu")
     harness.subscribe(node.topic("label"))
     try:
         node.wait_ready(harness)
@@ -543,6 +541,7 @@ def test_slow_inference_keeps_latency_bounded_and_memory_flat(harness, workdir, 
         time.sleep(1.5)
         diag, _ = harness.fresh_diagnostics(node.fqn)
         assert node.proc.poll() is None and diag["cpu_threads"] == "1"
+        assert diag["modality"] == "thermal" and diag["class_config"] == "(from checkpoint)"
     finally:
         rc = node.stop(signal.SIGINT)
     assert rc == 0, node.output()

@@ -12,6 +12,7 @@ Run: ``ros2 run sigma_ros sigma_segmentation --ros-args -p checkpoint:=model.pt 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -171,6 +172,8 @@ class SegmentationNode(Node):
                 class_config = load_class_config(s.config)
             except Exception as e:
                 raise StartupError(f"class config {s.config!r} (parameter 'config'): {e}") from None
+        modality = s.modality or (class_config.modality if class_config is not None else "thermal")
+        self.settings = s = dataclasses.replace(s, modality=modality)
         try:
             seg = Segmenter.from_checkpoint(
                 s.checkpoint, variant=s.variant or None, class_config=class_config, device=device,

@@ -52,8 +52,8 @@ PARAMETERS: List[ParamSpec] = [
               "image of one pair.", float_range=(0.0, 10.0)),
     ParamSpec("sync.queue_size", 10, "Approximate-time pairing: messages kept per topic while waiting for a partner.",
               int_range=(1, 1000)),
-    ParamSpec("modality", "thermal", "What x/image carries: thermal (8/16-bit) | depth (metres or 16UC1 millimetres).",
-              choices=MODALITIES),
+    ParamSpec("modality", "", "What x/image carries: thermal (8/16-bit) | depth (32FC1 metres or 16UC1 millimetres). "
+              "Empty: the class config's modality (thermal without a config).", choices=("",) + MODALITIES),
     ParamSpec("depth_range", [0.0, 10.0], "Depth clipping range [min, max] in metres, used when modality=depth."),
     ParamSpec("fast_path", True, "Use the GPU speed path of the segmenter (fused kernels, graphs) when available."),
     ParamSpec("cpu_threads", 0, "PyTorch intra-op threads for CPU work (0 = PyTorch's default, one per core). "
@@ -79,7 +79,7 @@ class NodeSettings:
     overlay_alpha: float
     slop: float
     queue_size: int
-    modality: str
+    modality: str  # '' = from the class config (resolved by the node)
     depth_range: Tuple[float, float]
     fast_path: bool
     cpu_threads: int

@@ -1,0 +1,249 @@
+"""The trainer on CPU with micro models: recipe pieces (schedule, parameter groups, augmentation, data order),
+exact resume after a crash, modality blanking, and clear errors for bad dataset folders."""
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sigma_ros.training.augment import IGNORE_INDEX, OFFICIAL_SCALES, augment, scale_choices
+from sigma_ros.training.config import TrainConfig
+from sigma_ros.training.data import DatasetError, EpochBatches
+from sigma_ros.training.optim import param_groups, warmup_poly_factor
+from sigma_ros.training.trainer import Trainer
+
+H, W = 48, 64
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory):
+    from sigma_ros.data.synthetic import write_synthetic_dataset
+
+    return write_synthetic_dataset(tmp_path_factory.mktemp("syn"), n_train=12, n_test=3, height=H, width=W, seed=7)
+
+
+def _cfg(data, out, **kw) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), variant="micro", batch_size=2, crop=(H, W), lr=1e-3, warmup_steps=2,
+                log_every=2, progress=False, tensorboard=False, workers=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _quiet(_msg):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# recipe pieces
+# ---------------------------------------------------------------------------------------------------------------
+def test_warmup_poly_schedule():
+    total, warm = 100, 10
+    f = [warmup_poly_factor(s, total, warm) for s in range(total)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)  # linear warm-up reaching the peak
+    assert f[10] == pytest.approx((1 - 10 / 100) ** 0.9) and f[50] == pytest.approx(0.5 ** 0.9)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # then monotone decay
+    assert warmup_poly_factor(total, total, warm) == 0.0
+    assert warmup_poly_factor(0, 10, 0) == 1.0
+
+
+def test_official_param_groups_leave_out_6_4M_parameters_of_sigma_t():
+    from sigma_ros.model import SigmaConfig, build_sigma
+
+    model = build_sigma(SigmaConfig.tiny(num_classes=9))
+    total = sum(p.numel() for p in model.parameters())
+    assert total == 48_287_360
+    groups, info = param_groups(model, 0.01, official=True)
+    assert info["left_out_params"] == 6_407_808 and info["left_out_tensors"] == 195  # anatomy §7.3
+    leaves = {n.rsplit(".", 1)[-1] for n in info["left_out_names"]}
+    assert leaves == {"x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds", "A_log_1", "A_log_2",
+                      "D_1", "D_2", "scale1", "scale2"}
+    # default: everything is optimised; SSM A/D, biases, norms and 1-D parameters are not decayed
+    groups, info = param_groups(model, 0.01)
+    assert info["optimised_params"] == total and info["left_out_params"] == 0
+    decayed = {id(p) for p in groups[0]["params"]}
+    names = {n for n, p in model.named_parameters() if id(p) in decayed}
+    assert groups[0]["weight_decay"] == 0.01 and groups[1]["weight_decay"] == 0.0
+    assert not any(n.endswith(("bias", "A_logs", "Ds", "A_log_1", "D_1", "scale1")) for n in names)
+    assert not any(".norm" in n for n in names)
+    assert "backbone.vssm.layers.0.blocks.0.op.x_proj_weight" in names
+    assert "decode_head.output.weight" in names
+
+
+def test_augment_keeps_image_and_label_aligned():
+    # the label is a function of the image content, so any misalignment after flip/scale/crop shows up
+    h, w = 40, 60
+    label = torch.from_numpy((np.arange(w)[None, :] // 10 + 3 * (np.arange(h)[:, None] // 20)) % 6)
+    rgb = label[None].float().repeat(3, 1, 1)
+    x = -rgb.clone()
+    for seed in range(12):
+        r, xx, lab = augment(rgb, x, label, np.random.default_rng(seed), crop=(32, 48), scales=OFFICIAL_SCALES)
+        assert r.shape == (3, 32, 48) and xx.shape == (3, 32, 48) and lab.shape == (32, 48)
+        valid = lab != IGNORE_INDEX
+        pad = ~valid
+        assert torch.all(r[:, pad] == 0) and torch.all(xx[:, pad] == 0)  # pad: 0 in normalised space
+        # away from class borders (where bilinear mixes values) the image value equals the label
+        lab_f = lab.float()[None, None]
+        lo = -torch.nn.functional.max_pool2d(-lab_f, 3, 1, 1)[0, 0]
+        hi = torch.nn.functional.max_pool2d(lab_f, 3, 1, 1)[0, 0]
+        interior = valid & (lo == hi)
+        assert interior.sum() > 0.3 * valid.sum()
+        torch.testing.assert_close(r[0][interior], lab[interior].float(), rtol=0, atol=1e-5)
+        torch.testing.assert_close(xx[0][interior], -lab[interior].float(), rtol=0, atol=1e-5)
+
+
+def test_augment_is_a_function_of_the_seed():
+    rgb, x = torch.randn(3, 30, 40), torch.randn(3, 30, 40)
+    lab = torch.randint(0, 5, (30, 40))
+    a = augment(rgb, x, lab, np.random.default_rng([1, 2, 3]), crop=(32, 32))
+    b = augment(rgb, x, lab, np.random.default_rng([1, 2, 3]), crop=(32, 32))
+    c = augment(rgb, x, lab, np.random.default_rng([1, 2, 4]), crop=(32, 32))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not all(torch.equal(u, v) for u, v in zip(a, c))
+    assert scale_choices((0.5, 1.75), 0.25) == OFFICIAL_SCALES
+    assert scale_choices((0.5, 1.75), 0) is None
+
+
+def test_epoch_batches_resume_and_ddp_split():
+    full = EpochBatches(10, 3, seed=5)
+    stream = iter(full)
+    first = [next(stream) for _ in range(7)]  # 3 batches per epoch (drop_last): crosses two epoch boundaries
+    assert [b[0][0] for b in first] == [0, 0, 0, 1, 1, 1, 2]
+    assert len({i for _, i in sum(first[:3], [])}) == 9  # no repeats inside an epoch
+    later = EpochBatches(10, 3, seed=5, start=4)
+    assert [next(iter(later)) for _ in range(1)][0] == first[4]
+    it = iter(later)
+    assert [next(it) for _ in range(3)] == first[4:7]
+    # two DDP ranks see disjoint halves of each epoch
+    r0, r1 = iter(EpochBatches(10, 2, 5, world_size=2, rank=0)), iter(EpochBatches(10, 2, 5, world_size=2, rank=1))
+    s0 = {i for _ in range(2) for _, i in next(r0)}
+    s1 = {i for _ in range(2) for _, i in next(r1)}
+    assert not s0 & s1 and len(s0 | s1) == 8
+    with pytest.raises(DatasetError, match="too few"):
+        EpochBatches(3, 4, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# runs
+# ---------------------------------------------------------------------------------------------------------------
+def test_resumed_run_equals_uninterrupted_run(syn, tmp_path):
+    kw = dict(max_steps=7, eval_every=4, save_every=3, accum_steps=2)
+    a = Trainer(_cfg(syn, tmp_path / "a", **kw), log=_quiet).run()
+
+    class Crash(Exception):
+        pass
+
+    def crash(trainer, step):
+        if step == 5:  # after the save at step 3 and the eval at step 4 (which saves too: new best)
+            raise Crash
+
+    with pytest.raises(Crash):
+        Trainer(_cfg(syn, tmp_path / "b", **kw), hooks=[crash], log=_quiet).run()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(_cfg(syn, tmp_path / "b", **kw), log=_quiet).run()
+    msgs = []
+    b = Trainer(_cfg(syn, tmp_path / "b", **kw), resume=True, log=msgs.append).run()
+    assert any("resumed" in m and "step 4" in m for m in msgs)
+
+    sa = torch.load(tmp_path / "a" / "state.pt", weights_only=True)
+    sb = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    assert sa["step"] == sb["step"] == 7
+    for k in sa["model"]:
+        torch.testing.assert_close(sa["model"][k], sb["model"][k], rtol=0, atol=1e-6, msg=k)
+    for pa, pb in zip(sa["optimizer"]["state"].values(), sb["optimizer"]["state"].values()):
+        torch.testing.assert_close(pa["exp_avg_sq"], pb["exp_avg_sq"], rtol=0, atol=1e-9)
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    assert a.best_miou == pytest.approx(b.best_miou)
+    # the metrics CSV of the resumed run has no rows from after the crash twice
+    steps = [int(r["step"]) for r in csv.DictReader(open(tmp_path / "b" / "metrics.csv"))]
+    assert steps == sorted(set(steps)) == [2, 4, 6, 7]
+
+
+def test_run_outputs_load_in_the_node_path(syn, tmp_path):
+    from sigma_ros.data.datasets import open_dataset
+    from sigma_ros.data.synthetic import SYNTHETIC_CLASS_NAMES
+    from sigma_ros.model import load_checkpoint
+    from sigma_ros.segmenter import Segmenter
+
+    out = tmp_path / "run"
+    s = Trainer(_cfg(syn, out, max_steps=4, eval_every=2, tensorboard=True), log=_quiet).run()
+    for f in ("last.pt", "best.pt", "state.pt", "config.yaml", "metrics.csv", "curves.png", "summary.txt"):
+        assert (out / f).is_file(), f
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    ck = load_checkpoint(out / "last.pt")
+    assert ck.class_names == SYNTHETIC_CLASS_NAMES and ck.preprocessing == "rgb"
+    assert ck.extra["modality"] == "thermal" and ck.extra["step"] == 4 and ck.extra["crop"] == [H, W]
+    assert ck.config.variant == "micro" and len(ck.palette) == len(SYNTHETIC_CLASS_NAMES)
+    seg = Segmenter.from_checkpoint(out / "best.pt", device="cpu")
+    item = open_dataset(syn, "test")[0]
+    assert seg(item["rgb"], item["x"]).labels.shape == (H, W)
+    assert s.steps == 4 and math.isfinite(s.final_loss) and s.best_miou is not None
+    assert "best mIoU" in (out / "summary.txt").read_text()
+
+
+def test_blank_x_zeroes_the_thermal_input_and_is_recorded(syn, tmp_path):
+    from sigma_ros.model import load_checkpoint
+    from sigma_ros.training.data import TrainSet, open_split
+
+    ds = TrainSet(open_split(syn, "train"), crop=(H, W), blank="x", num_classes=8)
+    rgb, x, _ = ds[(0, 0)]
+    assert torch.all(x == 0) and rgb.abs().sum() > 0
+    Trainer(_cfg(syn, tmp_path / "bx", max_steps=2, eval_split=None, blank="x"), log=_quiet).run()
+    assert load_checkpoint(tmp_path / "bx" / "last.pt").extra["blank"] == "x"
+
+
+def test_official_param_groups_flag_leaves_ssm_parameters_untouched(syn, tmp_path):
+    from sigma_ros.model import SigmaConfig, build_sigma, load_checkpoint
+
+    Trainer(_cfg(syn, tmp_path / "off", max_steps=2, eval_split=None, official_param_groups=True,
+                 seed=11), log=_quiet).run()
+    trained = load_checkpoint(tmp_path / "off" / "last.pt").model.state_dict()
+    torch.manual_seed(11)
+    init = build_sigma(SigmaConfig.micro(num_classes=8)).state_dict()  # same seed, same init
+    for k in ("decode_head.layers_up.1.blocks.0.scale1", "backbone.vssm.layers.0.blocks.0.op.A_logs"):
+        torch.testing.assert_close(trained[k], init[k], rtol=0, atol=0)
+    assert not torch.equal(trained["decode_head.output.weight"], init["decode_head.output.weight"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad inputs
+# ---------------------------------------------------------------------------------------------------------------
+def test_bad_dataset_folders_give_clear_errors(syn, tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    with pytest.raises(DatasetError, match="does not exist"):
+        Trainer(_cfg(tmp_path / "missing", tmp_path / "o1", max_steps=1), log=_quiet).run()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="empty"):
+        Trainer(_cfg(empty, tmp_path / "o2", max_steps=1), log=_quiet).run()
+    nolabel = tmp_path / "nolabel"
+    shutil.copytree(syn, nolabel)
+    shutil.rmtree(nolabel / "Label")
+    with pytest.raises(DatasetError, match="label"):
+        Trainer(_cfg(nolabel, tmp_path / "o3", max_steps=1), log=_quiet).run()
+    bad = tmp_path / "badlabel"
+    shutil.copytree(syn, bad)
+    name = (bad / "train.txt").read_text().split()[0]
+    Image.fromarray(np.full((H, W), 40, np.uint8)).save(bad / "Label" / f"{name}.png")
+    with pytest.raises(DatasetError, match=r"label value 40 >= num_classes 8"):
+        Trainer(_cfg(bad, tmp_path / "o4", max_steps=8, batch_size=12, eval_split=None), log=_quiet).run()
+    with pytest.raises(DatasetError, match="too few"):
+        Trainer(_cfg(syn, tmp_path / "o5", max_steps=1, batch_size=64), log=_quiet).run()
+
+
+def test_cli_reports_errors_and_validates_options(syn, tmp_path, capsys):
+    from sigma_ros.cli import main
+
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert "dataset error" in capsys.readouterr().err
+    assert main(["train", "--data", str(syn), "--out", str(tmp_path / "o"), "--crop", "16x16"]) == 2
+    assert "too small" in capsys.readouterr().err
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("learning_rate: 0.1\n")
+    assert main(["train", "--data", str(syn), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
+    assert "learning_rate" in capsys.readouterr().err

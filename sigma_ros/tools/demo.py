@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None,
                    help="class config (mfnet, pst900, nyu, sunrgbd or a YAML path); default: from the checkpoint")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay colour weight [0.5]")
+    p.add_argument("--input-size", default=None,
+                   help="run the model at WxH, e.g. 160x120 (faster on CPU); outputs keep the image size [native]")
     live = p.add_argument_group("live mode")
     live.add_argument("--duration", type=float, default=None,
                       help="seconds of camera stream once the node is up [20; with --frames: 120 at most]")
@@ -77,12 +79,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     live.add_argument("--gif-width", type=int, default=640, help="width of demo.gif frames [640]")
     live.add_argument("--gif-max-frames", type=int, default=100,
                       help="at most this many GIF frames (evenly picked) [100]")
+    live.add_argument("--gif-colors", type=int, default=128, help="colours per GIF frame, 2..256 [128]")
     real = p.add_argument_group("real-frame mode")
     real.add_argument("--rgb", default=None, help="RGB image (or an MFNet 4-channel RGB+thermal PNG)")
     real.add_argument("--x", default=None, help="thermal or depth image (8/16-bit PNG); omit for MFNet 4-channel")
     real.add_argument("--modality", choices=["thermal", "depth"], default=None,
                       help="what --x is [thermal; depth when the file name contains 'depth']")
-    real.add_argument("--input-size", default=None, help="infer at WxH (outputs stay at the image size)")
     real.add_argument("--device", default="cpu", help="cpu | cuda | auto [cpu]")
 
 
@@ -150,21 +152,21 @@ def thermal_colormap(x8: np.ndarray) -> np.ndarray:
     return lut.round().astype(np.uint8)[x8]
 
 
-def x_for_display(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Any X image -> (H, W, 3) uint8 at ``size`` (W, H) for the eye: colour as is; grey stretched between the 1st
-    and 99th percentile (of the valid pixels: 16-bit/float depth <= 0 or NaN is invalid, drawn black) and drawn
-    with the iron palette."""
+def x_for_display(x: np.ndarray, size: tuple[int, int], modality: str = "thermal") -> np.ndarray:
+    """Any X image -> (H, W, 3) uint8 at ``size`` (W, H) for the eye: grey images stretched linearly between their
+    1st and 99.9th (depth: 99th) percentile, as a thermal viewer's automatic gain does, and drawn with the iron
+    palette; depth <= 0 or NaN (no reading) is black. Colour X images are shown as they are."""
     from PIL import Image
 
     x = np.asarray(x)
     if x.ndim == 3:
         vis = x[..., :3].astype(np.uint8)
-    else:  # automatic gain, as thermal viewers do; depth 0 / NaN (no reading) stays black
+    else:
         v = x.astype(np.float32)
-        valid = np.isfinite(v) & ((v > 0) if x.dtype != np.uint8 else True)
-        lo, hi = (np.percentile(v[valid], [1, 99]) if valid.any() else (0.0, 1.0))
-        hi = hi if hi > lo + 16 else lo + 16
-        x8 = np.where(valid, np.clip((np.nan_to_num(v) - lo) * (255.0 / (hi - lo)), 0, 255), 0)
+        valid = np.isfinite(v) & (v > 0) if modality == "depth" else np.isfinite(v)
+        lo, hi = np.percentile(v[valid], [1, 99 if modality == "depth" else 99.9]) if valid.any() else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        x8 = np.where(valid, np.clip((np.nan_to_num(v) - lo) * (255.0 / (hi - lo)), 1, 255), 0)
         vis = thermal_colormap(x8.astype(np.uint8))
     if vis.shape[1::-1] != tuple(size):
         vis = np.asarray(Image.fromarray(vis).resize(size, Image.BILINEAR))
@@ -199,8 +201,10 @@ def compose_strip(rgb: np.ndarray, x_vis: np.ndarray, over: np.ndarray, labels: 
     return np.asarray(canvas)
 
 
-def save_gif(path: Path, frames: list[np.ndarray], frame_ms: int, width: int, max_frames: int) -> int:
-    """Write frames (evenly thinned to ``max_frames``, scaled to ``width``) as a looping GIF; returns the count."""
+def save_gif(path: Path, frames: list[np.ndarray], frame_ms: int, width: int, max_frames: int,
+             colors: int = 128) -> int:
+    """Write frames (evenly thinned to ``max_frames``, scaled to ``width``, ``colors`` colours each) as a looping
+    GIF; returns the frame count. Sensor noise makes GIFs big: fewer colours and frames keep them small."""
     from PIL import Image
 
     if not frames:
@@ -214,8 +218,8 @@ def save_gif(path: Path, frames: list[np.ndarray], frame_ms: int, width: int, ma
         im = Image.fromarray(f)
         if im.width > width:
             im = im.resize((width, max(2, round(im.height * width / im.width))), Image.BILINEAR)
-        imgs.append(im.quantize(colors=255, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-                    if hasattr(Image, "Quantize") else im.convert("P", palette=Image.ADAPTIVE))
+        imgs.append(im.quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+                    if hasattr(Image, "Quantize") else im.convert("P", palette=Image.ADAPTIVE, colors=colors))
     path.parent.mkdir(parents=True, exist_ok=True)
     imgs[0].save(path, save_all=True, append_images=imgs[1:], duration=max(20, int(frame_ms)), loop=0,
                  optimize=True)
@@ -283,7 +287,7 @@ def run_real(args) -> int:
     t2 = time.perf_counter()
     color = colorize(labels, seg.palette)
     over = overlay(rgb, labels, seg.palette, alpha=args.alpha)
-    x_vis = x_for_display(x, (rgb.shape[1], rgb.shape[0]))
+    x_vis = x_for_display(x, (rgb.shape[1], rgb.shape[0]), modality)
     strip = compose_strip(rgb, x_vis, over, labels, seg.class_names, seg.palette, x_name=modality)
     out.mkdir(parents=True, exist_ok=True)
     write_png(out / "label.png", labels.astype(np.uint8 if seg.num_classes <= 256 else np.uint16))
@@ -335,12 +339,15 @@ def _ros_env(domain_id: int) -> dict:
 class NodeProcess:
     """The sigma_segmentation node as a subprocess, output to ``log_path``."""
 
-    def __init__(self, checkpoint: Path, config: str | None, cpu_threads: int, domain_id: int, log_path: Path):
+    def __init__(self, checkpoint: Path, config: str | None, cpu_threads: int, domain_id: int, log_path: Path,
+                 input_size: tuple[int, int] | None = None):
         cmd = [sys.executable, "-m", "sigma_ros.ros.node", "--ros-args",
                "-r", f"__ns:=/{NODE_NAMESPACE}", "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"x/image:={X_TOPIC}",
                "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", f"cpu_threads:={int(cpu_threads)}"]
         if config:
             cmd += ["-p", f"config:={config}"]
+        if input_size:
+            cmd += ["-p", f"input_size:={input_size[0]}x{input_size[1]}"]
         self.cmd = cmd
         self.log_path = log_path
         self._log = open(log_path, "w")
@@ -572,14 +579,16 @@ def run_live(args) -> int:
     for sub in ("strips", "overlays", "labels"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     _clear_previous(out)
+    input_size = parse_size(args.input_size, "--input-size") if args.input_size else None
     domain_id = args.domain_id if args.domain_id is not None else 1 + os.getpid() % 100
     print(f"sigma-ros demo: {model_text} from {ckpt}")
-    print(f"  node: sigma_segmentation on CPU (log: {out / 'node.log'}); camera: synthetic RGB-thermal "
+    where = f"at {input_size[0]}x{input_size[1]}" if input_size else "at the camera size"
+    print(f"  node: sigma_segmentation on CPU, model {where} (log: {out / 'node.log'}); camera: synthetic RGB-thermal "
           f"{size[0]}x{size[1]} at {args.rate:g} Hz (rgb8 + {args.thermal_encoding}); ROS_DOMAIN_ID={domain_id}, "
           "localhost only")
     t_start = time.monotonic()
     camera = SyntheticCamera(size, args.scene_seconds, args.rate, args.seed)
-    node = NodeProcess(ckpt, args.config, args.cpu_threads, domain_id, out / "node.log")
+    node = NodeProcess(ckpt, args.config, args.cpu_threads, domain_id, out / "node.log", input_size)
     session = None
     rc = 0
     strips: list[np.ndarray] = []
@@ -658,7 +667,7 @@ def run_live(args) -> int:
     if len(stamps) > 1:
         frame_ms = float(np.median(np.diff(stamps))) * 1e-6
     gif_frames = save_gif(out / "demo.gif", strips, int(np.clip(frame_ms, 50, 2000)), args.gif_width,
-                          args.gif_max_frames)
+                          args.gif_max_frames, int(np.clip(args.gif_colors, 2, 256)))
     measured = {
         "frames": saved, "pairs_sent": session.published if session else 0, "stream_seconds": round(stream_s, 2),
         "fps": round(saved / stream_s, 2) if stream_s > 0 else 0.0,
@@ -667,6 +676,7 @@ def run_live(args) -> int:
         "gif_frames": gif_frames, "node_exit_code": node_rc,
     }
     summary = {"checkpoint": str(ckpt), "model": model_text, "size": list(size), "rate_hz": args.rate,
+               "input_size": list(input_size) if input_size else "native",
                "thermal_encoding": args.thermal_encoding, "domain_id": domain_id, "measured": measured,
                "diagnostics": diag, "class_names": list(class_names), "palette": np.asarray(palette).tolist(),
                "panel_top": CAPTION_H}

@@ -226,6 +226,35 @@ def save_gif(path: Path, frames: list[np.ndarray], frame_ms: int, width: int, ma
     return len(imgs)
 
 
+class GifFrames:
+    """Frames for the GIF, scaled to ``width`` as they come; beyond 2 x ``max_frames`` every other one is dropped
+    (and later ones thinned alike), so a long run keeps bounded memory and an even time spacing."""
+
+    def __init__(self, width: int, max_frames: int):
+        self.width, self.max_frames = width, max(1, max_frames)
+        self.frames: list[np.ndarray] = []
+        self.stamps: list[int] = []
+        self._stride, self._seen = 1, 0
+
+    def add(self, frame: np.ndarray, stamp_ns: int) -> None:
+        from PIL import Image
+
+        self._seen += 1
+        if (self._seen - 1) % self._stride:
+            return
+        im = Image.fromarray(frame)
+        if im.width > self.width:
+            im = im.resize((self.width, max(2, round(im.height * self.width / im.width))), Image.BILINEAR)
+        self.frames.append(np.asarray(im))
+        self.stamps.append(stamp_ns)
+        if len(self.frames) > 2 * self.max_frames:
+            self.frames, self.stamps, self._stride = self.frames[::2], self.stamps[::2], self._stride * 2
+
+    def save(self, path: Path, colors: int, default_ms: float) -> int:
+        frame_ms = float(np.median(np.diff(self.stamps))) * 1e-6 if len(self.stamps) > 1 else default_ms
+        return save_gif(path, self.frames, int(np.clip(frame_ms, 50, 2000)), self.width, self.max_frames, colors)
+
+
 def write_rgb_png(path: Path, a: np.ndarray) -> None:
     from sigma_ros.data.datasets import write_png
 
@@ -364,8 +393,15 @@ class NodeProcess:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGINT (the node's clean shutdown); SIGKILL only if it does not exit within ``timeout``."""
+    def stop(self, timeout: float = 20.0, maybe_signalled: bool = False) -> int | None:
+        """SIGINT (the node's clean shutdown); SIGKILL only if it does not exit within ``timeout``.
+        ``maybe_signalled``: a Ctrl-C in the terminal reached the node too; give it time to exit on that one
+        (a second SIGINT during its shutdown would kill it)."""
+        if maybe_signalled:
+            try:
+                self.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -393,7 +429,10 @@ class LiveSession:
         os.environ.pop("ROS_LOCALHOST_ONLY", None)
         self.rclpy = rclpy
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
+        from rclpy.signals import SignalHandlerOptions
+
+        # run_live handles Ctrl-C itself (stop streaming, write the outputs, stop the node)
+        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
         self.node = rclpy.create_node("sigma_demo_camera", context=self.context)
         self.camera, self.rate, self.thermal_encoding = camera, rate, thermal_encoding
         self.rgb_pub = self.node.create_publisher(Image, RGB_TOPIC, 10)
@@ -505,6 +544,11 @@ class LiveSession:
                 out.append(dict(entry, stamp=stamp, rgb=sent[0], x=sent[1]))
         return out
 
+    def diagnostics(self) -> dict | None:
+        """Key/values of the newest diagnostics report of the node (None before the first)."""
+        with self.lock:
+            return dict(self.latest_diag) if self.latest_diag else None
+
     def _on_diag(self, msg) -> None:
         for st in msg.status:
             if st.name.startswith(self.node_fqn + ":"):
@@ -591,13 +635,24 @@ def run_live(args) -> int:
     node = NodeProcess(ckpt, args.config, args.cpu_threads, domain_id, out / "node.log", input_size)
     session = None
     rc = 0
-    strips: list[np.ndarray] = []
-    stamps: list[int] = []
+    gif = GifFrames(args.gif_width, args.gif_max_frames)
+    t0: float | None = None
     latencies_ms: list[float] = []
     saved = 0
     node_rc: int | None = None
     diag = None
     stream_s = 0.0
+    # Ctrl-C / SIGTERM while streaming: stop, and still write what arrived; a second one aborts at once.
+    interrupted = threading.Event()
+    got_sigint = []  # a terminal's Ctrl-C reaches the node too (same process group); a SIGTERM to us does not
+
+    def on_signal(signum, _frame):
+        got_sigint.append(signum == signal.SIGINT)
+        if interrupted.is_set() or t0 is None:
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         session = LiveSession(domain_id, camera, args.rate, args.thermal_encoding)
         print("  waiting for the node to load the model ...", flush=True)
@@ -625,8 +680,7 @@ def run_live(args) -> int:
                 write_rgb_png(out / "strips" / f"strip_{name}", strip)
                 write_rgb_png(out / "overlays" / f"overlay_{name}", r["overlay"])
                 write_png(out / "labels" / f"label_{name}", r["label"])
-                strips.append(strip)
-                stamps.append(r["stamp"])
+                gif.add(strip, r["stamp"])
                 latencies_ms.append((r["received_ns"] - r["stamp"]) * 1e-6)
                 saved += 1
 
@@ -636,8 +690,18 @@ def run_live(args) -> int:
                 reached = reached or time.monotonic()
                 if session.diag_time > reached or time.monotonic() - reached > 2.5:
                     break
+            if interrupted.is_set():
+                print("\n  interrupted: stopping", file=sys.stderr)
+                rc = 130
+                break
             if not node.alive():
-                raise DemoError(f"the node stopped unexpectedly (code {node.proc.returncode}):\n{node.log_tail()}")
+                time.sleep(0.2)  # a Ctrl-C reaches the node and us at once: let our handler run first
+                if interrupted.is_set():
+                    continue
+                rc = 1
+                print(f"sigma-ros demo: the node stopped unexpectedly (code {node.proc.returncode}):\n"
+                      f"{node.log_tail()}", file=sys.stderr)
+                break
             drain()
             if time.monotonic() >= next_report:
                 print(f"  {time.monotonic() - t0:5.1f} s: {session.published} pairs sent, {saved} results",
@@ -645,29 +709,31 @@ def run_live(args) -> int:
                 next_report += 5.0
             time.sleep(0.05)
         stream_s = time.monotonic() - t0
-        with session.lock:
-            diag = dict(session.latest_diag) if session.latest_diag else None
+        diag = session.diagnostics()
         session.stop_camera()
         time.sleep(0.3)  # results of frames already in flight
         drain()
-        if saved == 0:
+        if saved == 0 and rc == 0:
             rc = 1
             print(f"sigma-ros demo: no segmented frames arrived in {stream_s:.1f} s. Node log tail:\n"
                   f"{node.log_tail()}", file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the stream started
         print("\n  interrupted: stopping the node", file=sys.stderr)
         rc = 130
+        if t0 is not None:
+            stream_s = time.monotonic() - t0
+        if session is not None:
+            diag = session.diagnostics()
     finally:
-        node_rc = node.stop()
+        node_rc = node.stop(maybe_signalled=any(got_sigint))
         if session is not None:
             session.close()
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
     # outputs ---------------------------------------------------------------------------------------------------
-    frame_ms = 1000.0 / args.rate
-    if len(stamps) > 1:
-        frame_ms = float(np.median(np.diff(stamps))) * 1e-6
-    gif_frames = save_gif(out / "demo.gif", strips, int(np.clip(frame_ms, 50, 2000)), args.gif_width,
-                          args.gif_max_frames, int(np.clip(args.gif_colors, 2, 256)))
+    print(f"  writing {out / 'demo.gif'} ...", flush=True)
+    gif_frames = gif.save(out / "demo.gif", int(np.clip(args.gif_colors, 2, 256)), 1000.0 / args.rate)
     measured = {
         "frames": saved, "pairs_sent": session.published if session else 0, "stream_seconds": round(stream_s, 2),
         "fps": round(saved / stream_s, 2) if stream_s > 0 else 0.0,

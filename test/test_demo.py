@@ -182,6 +182,9 @@ def test_real_frame_errors(tmp_path, monkeypatch, capsys, checkpoint, synthetic_
     rc, _, err = run_demo(monkeypatch, capsys, "--rgb", d / "rgb.png", "--x", d / "thermal8.png",
                           "--checkpoint", tmp_path / "nope.pt")
     assert rc == 2 and "checkpoint not found" in err and "nope.pt" in err
+    rc, _, err = run_demo(monkeypatch, capsys, "--rgb", d / "rgb.png", "--x", d / "thermal8.png",
+                          "--checkpoint", checkpoint, "--config", "nyu")  # 40 classes vs the model's 8
+    assert rc == 2 and "cannot load" in err and "classes" in err
 
 
 def test_default_checkpoint_resolution(tmp_path, monkeypatch):

@@ -309,8 +309,11 @@ def run_real(args) -> int:
     out = Path(args.out) if args.out else Path("demo_out") / Path(args.rgb).stem
     input_size = parse_size(args.input_size, "--input-size") if args.input_size else None
     t0 = time.perf_counter()
-    seg = Segmenter.from_checkpoint(ckpt, class_config=args.config, device=args.device, modality=modality,
-                                    input_size=input_size)
+    try:
+        seg = Segmenter.from_checkpoint(ckpt, class_config=args.config, device=args.device, modality=modality,
+                                        input_size=input_size)
+    except (ValueError, RuntimeError) as e:  # CheckpointError, class config, device: the messages say what
+        raise DemoError(f"cannot load {ckpt}: {e}") from None
     t1 = time.perf_counter()
     labels = seg(rgb, x).labels
     t2 = time.perf_counter()
@@ -369,10 +372,11 @@ class NodeProcess:
     """The sigma_segmentation node as a subprocess, output to ``log_path``."""
 
     def __init__(self, checkpoint: Path, config: str | None, cpu_threads: int, domain_id: int, log_path: Path,
-                 input_size: tuple[int, int] | None = None):
+                 input_size: tuple[int, int] | None = None, alpha: float = 0.5):
         cmd = [sys.executable, "-m", "sigma_ros.ros.node", "--ros-args",
                "-r", f"__ns:=/{NODE_NAMESPACE}", "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"x/image:={X_TOPIC}",
-               "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", f"cpu_threads:={int(cpu_threads)}"]
+               "-p", f"checkpoint:={checkpoint}", "-p", "device:=cpu", "-p", f"cpu_threads:={int(cpu_threads)}",
+               "-p", f"overlay_alpha:={float(alpha)}"]
         if config:
             cmd += ["-p", f"config:={config}"]
         if input_size:
@@ -607,11 +611,19 @@ def run_live(args) -> int:
     if args.rate <= 0 or duration <= 0 or (frames is not None and frames < 1):
         raise DemoError("--rate and --duration must be > 0 and --frames >= 1")
     ckpt = resolve_checkpoint(args.checkpoint)
-    ck = load_checkpoint(ckpt, map_location="cpu")  # class names/palette for the strips; fails early if invalid
+    if not 0.0 <= args.alpha <= 1.0:
+        raise DemoError(f"--alpha must be in [0, 1], got {args.alpha}")
+    try:  # class names/palette for the strips; and a clear error now rather than from the node's log
+        ck = load_checkpoint(ckpt, map_location="cpu")
+    except ValueError as e:
+        raise DemoError(f"cannot load {ckpt}: {e}") from None
     if args.config:
         from sigma_ros.classes import load_class_config
 
-        cc = load_class_config(args.config)
+        try:
+            cc = load_class_config(args.config)
+        except ValueError as e:
+            raise DemoError(f"--config: {e}") from None
         class_names, palette = cc.class_names, cc.palette
     else:
         class_names = ck.class_names or [str(k) for k in range(ck.config.num_classes)]
@@ -632,7 +644,7 @@ def run_live(args) -> int:
           "localhost only")
     t_start = time.monotonic()
     camera = SyntheticCamera(size, args.scene_seconds, args.rate, args.seed)
-    node = NodeProcess(ckpt, args.config, args.cpu_threads, domain_id, out / "node.log", input_size)
+    node = NodeProcess(ckpt, args.config, args.cpu_threads, domain_id, out / "node.log", input_size, args.alpha)
     session = None
     rc = 0
     gif = GifFrames(args.gif_width, args.gif_max_frames)

@@ -18,14 +18,12 @@ import math
 import os
 import random
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
@@ -35,6 +33,7 @@ from .data import DatasetError, EpochBatches, EvalSet, TrainSet, collate_train, 
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, shutdown
 from .evaluate import EvalOptions, evaluate
 from .optim import build_optimizer, warmup_poly_factor
+from .step import train_step
 
 STATE_FILE = "state.pt"
 
@@ -458,17 +457,6 @@ class Trainer:
             plot_curves(self.history, self.run_dir / "curves.png")
 
     # -- the loop ---------------------------------------------------------------------------------------------------
-    def _micro_step(self, rgb, x, label, sync: bool) -> torch.Tensor:
-        ctx = nullcontext() if (sync or not self.dist.enabled) else self.ddp.no_sync()
-        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp else nullcontext()
-        with ctx:
-            with amp:
-                logits = self.ddp(rgb, x)
-            valid = (label != IGNORE_INDEX).sum().clamp(min=1)
-            loss = F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="sum") / valid
-            self.scaler.scale(loss / self.cfg.accum_steps).backward()
-        return loss.detach()
-
     def run(self) -> TrainSummary:
         try:
             self.setup()
@@ -510,24 +498,15 @@ class Trainer:
         last_loss = float("nan")
         start_step = self.step
         while self.step < self.max_steps:
-            step_loss = torch.zeros((), device=self.device)
-            for a in range(cfg.accum_steps):
-                rgb, x, label = next(it)
-                rgb = rgb.to(self.device, non_blocking=True)
-                x = x.to(self.device, non_blocking=True)
-                label = label.to(self.device, non_blocking=True)
-                step_loss += self._micro_step(rgb, x, label, sync=a == cfg.accum_steps - 1)
-            if cfg.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
             lr = self.optimizer.param_groups[0]["lr"]
+            step_loss = train_step(self.ddp, self.optimizer, it, self.device, accum_steps=cfg.accum_steps,
+                                   amp_dtype=self.amp_dtype if self.amp else None, scaler=self.scaler,
+                                   grad_clip=cfg.grad_clip, ddp=self.dist.enabled, scan_bf16=cfg.scan_bf16,
+                                   params=self.model.parameters())
             self.scheduler.step()
             self.step += 1
             self.micro += cfg.accum_steps
-            loss_acc += step_loss / cfg.accum_steps
+            loss_acc += step_loss
             steps_log += 1
             if bar is not None:
                 bar.update(1)

@@ -1,0 +1,27 @@
+"""bench/bench_train.py runs (tiny, on the CPU) and reports what the GPU run will report."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
+
+
+def test_bench_train_cpu_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, str(BENCH), "--cpu-smoke", "--json", str(out)], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "img/s" in p.stdout and "loader" in p.stdout
+    (r,) = json.loads(out.read_text())
+    assert r["mode"] == "fp32" and r["variant"] == "micro" and r["batch_global"] == 2
+    assert r["images_per_s"] > 0 and r["step_ms_median"] > 0 and r["loss_last"] > 0
+    assert r["optimised_params"] > 1_000_000
+
+
+def test_bench_train_rejects_unknown_mode():
+    p = subprocess.run([sys.executable, str(BENCH), "--cpu-smoke", "--modes", "turbo"], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 2 and "turbo" in p.stderr

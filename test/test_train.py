@@ -247,3 +247,48 @@ def test_cli_reports_errors_and_validates_options(syn, tmp_path, capsys):
     cfg.write_text("learning_rate: 0.1\n")
     assert main(["train", "--data", str(syn), "--out", str(tmp_path / "o"), "--config", str(cfg)]) == 2
     assert "learning_rate" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# initialisation: fine-tuning from a checkpoint, ImageNet encoder weights
+# ---------------------------------------------------------------------------------------------------------------
+def test_init_checkpoint_keeps_weights_and_reinitialises_a_different_head(syn, micro_checkpoint, tmp_path):
+    from sigma_ros.model import load_checkpoint
+
+    src = load_checkpoint(micro_checkpoint)  # 5 classes, the synthetic data has 8
+    t = Trainer(_cfg(syn, tmp_path / "ft", max_steps=1, init_checkpoint=str(micro_checkpoint)), log=_quiet)
+    t.setup()
+    own, ref = t.model.state_dict(), src.model.state_dict()
+    assert own["decode_head.output.weight"].shape[0] == 8
+    for k, v in ref.items():
+        if k != "decode_head.output.weight":
+            torch.testing.assert_close(own[k], v, rtol=0, atol=0, msg=k)
+    assert t.cfg.preprocessing == "rgb"
+
+
+def test_pretrained_vmamba_weights_reach_the_encoder(syn, tmp_path):
+    import re
+
+    from sigma_ros.model import SigmaConfig, build_sigma
+
+    torch.manual_seed(123)
+    donor = build_sigma(SigmaConfig.micro(num_classes=8)).backbone.vssm.state_dict()
+    renamed = {}
+    for k, v in donor.items():  # back to VMamba v0 names (anatomy §7.2)
+        k = re.sub(r"^patch_embed\.0\.", "patch_embed.proj.", k)
+        k = re.sub(r"^patch_embed\.2\.", "patch_embed.norm.", k)
+        k = re.sub(r"(blocks\.\d+)\.norm\.", r"\1.ln_1.", k)
+        k = k.replace(".op.", ".self_attention.")
+        renamed[k] = v
+    renamed["head.weight"] = torch.zeros(1000, 256)
+    path = tmp_path / "vssm_micro.pth"
+    torch.save({"model": renamed}, path)
+    msgs = []
+    t = Trainer(_cfg(syn, tmp_path / "pt", max_steps=1, pretrained=str(path)), log=msgs.append)
+    t.setup()
+    enc = t.model.backbone.vssm.state_dict()
+    for k in ("patch_embed.0.weight", "layers.0.blocks.0.op.A_logs", "layers.0.blocks.0.norm.weight"):
+        torch.testing.assert_close(enc[k], donor[k], rtol=0, atol=0)
+    assert any("ImageNet init" in m for m in msgs)
+    with pytest.raises(ValueError, match="not found"):
+        Trainer(_cfg(syn, tmp_path / "pt2", max_steps=1, pretrained=str(tmp_path / "nope.pth")), log=_quiet).setup()

@@ -38,6 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(leaves ~6.4M SSM and scale parameters of Sigma-T untrained)")
     p.add_argument("--eval-every", type=int, default=None, help="steps between evaluations [steps/10]")
     p.add_argument("--eval-split", default=None, help="split evaluated during training ('' = none) [test]")
+    p.add_argument("--eval-max-images", type=int, default=None, help="evaluate on the first N images only")
+    p.add_argument("--save-every", type=int, default=None,
+                   help="steps between resume-state saves (state.pt, last.pt) [min(eval-every, 500)]")
+    p.add_argument("--scan-bf16", action="store_true", default=None,
+                   help="under bf16 autocast, feed the selective scans bf16 inputs (fp32 state; faster on GPU)")
     p.add_argument("--preprocessing", choices=["rgb", "official"], default=None,
                    help="input normalisation profile [init checkpoint's, else rgb]")
     p.add_argument("--modality", choices=["thermal", "depth"], default=None, help="[thermal]")

@@ -74,9 +74,14 @@ def warmup_poly_factor(step: int, total_steps: int, warmup_steps: int, power: fl
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.999), official: bool = False,
                     fused: bool | None = None):
+    """AdamW over :func:`param_groups`. ``fused`` None: the fused kernel where this torch has it (CPU and CUDA;
+    several times faster than the per-tensor loop on CPU), else the default implementation."""
     groups, info = param_groups(model, weight_decay, official=official)
-    kw = {}
-    if fused is not None:
-        kw["fused"] = fused
-    opt = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), weight_decay=weight_decay, **kw)
-    return opt, info
+    kw = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if fused is not False:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kw), info
+        except (RuntimeError, TypeError, ValueError):
+            if fused:
+                raise
+    return torch.optim.AdamW(groups, **kw), info

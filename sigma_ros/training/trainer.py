@@ -310,9 +310,8 @@ class Trainer:
         self.eval_every = cfg.eval_every or max(1, self.max_steps // 10)
         self.save_every = cfg.save_every or min(self.eval_every, 500)
 
-        fused = True if self.device.type == "cuda" else None
         self.optimizer, self.param_info = build_optimizer(model, cfg.lr, cfg.weight_decay, cfg.betas,
-                                                          official=cfg.official_param_groups, fused=fused)
+                                                          official=cfg.official_param_groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_poly_factor(s, self.max_steps, self.warmup, cfg.poly_power))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp and self.amp_dtype == torch.float16

@@ -1,0 +1,24 @@
+"""Compute kernels: the selective scan and its backends (see :mod:`sigma_ros.ops.selective_scan`)."""
+from __future__ import annotations
+
+from .selective_scan import (
+    BACKENDS,
+    ENV_VAR,
+    a_from_log,
+    available_backends,
+    describe_backend,
+    resolve_backend,
+    selective_scan,
+    selective_scan_reference,
+)
+
+__all__ = [
+    "BACKENDS",
+    "ENV_VAR",
+    "a_from_log",
+    "available_backends",
+    "describe_backend",
+    "resolve_backend",
+    "selective_scan",
+    "selective_scan_reference",
+]

@@ -112,11 +112,8 @@ def main() -> int:
         t.append(time.perf_counter())
         with torch.inference_mode():
             logits = seg.logits(rgb_t[None], x_t[None])[0]  # the stub: precomputed
-            if args.confidence:
-                conf, labels = torch.softmax(logits, dim=0).max(dim=0)
-                labels, conf = labels.numpy().astype(np.int64), conf.numpy()
-            else:
-                labels, conf = logits.argmax(dim=0).numpy().astype(np.int64), None
+            result = seg.postprocess(logits, rgb.shape[:2], confidence=args.confidence)
+            labels, conf = result.labels, result.confidence
         t.append(time.perf_counter())
         outputs = render_outputs(labels, rgb, seg.palette, alpha=0.5, num_classes=seg.num_classes,
                                  want_color=True, want_overlay=True, confidence=conf)

@@ -121,17 +121,17 @@ class Segmenter:
     def segment_batch(self, rgbs, xs, confidence: bool = False) -> list[Segmentation]:
         pairs = [self.preprocess(r, x) for r, x in zip(rgbs, xs)]
         logits = self.logits(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
-        results = []
-        for rgb, lg in zip(rgbs, logits):
-            h, w = rgb.shape[:2]
-            if lg.shape[-2:] != (h, w):  # ran at input_size: bring the scores back to the camera's geometry
-                lg = F.interpolate(lg[None], size=(h, w), mode="bilinear", align_corners=False)[0]
-            if confidence:
-                conf, labels = torch.softmax(lg, dim=0).max(dim=0)
-                results.append(Segmentation(labels.cpu().numpy().astype(np.int64), conf.cpu().numpy()))
-            else:
-                results.append(Segmentation(lg.argmax(dim=0).cpu().numpy().astype(np.int64)))
-        return results
+        return [self.postprocess(lg, rgb.shape[:2], confidence) for rgb, lg in zip(rgbs, logits)]
+
+    def postprocess(self, logits: torch.Tensor, size: tuple[int, int], confidence: bool = False) -> Segmentation:
+        """(K, h, w) logits -> labels (and confidence) at ``size`` = the camera image's (H, W)."""
+        if logits.shape[-2:] != tuple(size):  # ran at input_size: bring the scores back to the camera's geometry
+            logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
+        # max(dim).indices: same ids as argmax, several times faster on the CPU for (K, H, W)
+        if confidence:
+            conf, labels = torch.softmax(logits, dim=0).max(dim=0)
+            return Segmentation(labels.cpu().numpy(), conf.cpu().numpy())
+        return Segmentation(logits.max(dim=0).indices.cpu().numpy())
 
     def __call__(self, rgb: np.ndarray, x: np.ndarray, confidence: bool = False) -> Segmentation:
         return self.segment_batch([rgb], [x], confidence)[0]

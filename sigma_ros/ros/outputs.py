@@ -42,7 +42,8 @@ def render_outputs(
     if want_color:
         out["color"] = (colorize(labels, palette), "rgb8")
     if want_overlay:
-        out["overlay"] = (overlay(rgb, labels, palette, alpha=alpha), "rgb8")
+        color = out["color"][0] if want_color else None
+        out["overlay"] = (overlay(rgb, labels, palette, alpha=alpha, color=color), "rgb8")
     if confidence is not None:
         out["confidence"] = (np.asarray(confidence, dtype=np.float32), "32FC1")
     return out

@@ -181,6 +181,39 @@ def test_run_outputs_load_in_the_node_path(syn, tmp_path):
     assert seg(item["rgb"], item["x"]).labels.shape == (H, W)
     assert s.steps == 4 and math.isfinite(s.final_loss) and s.best_miou is not None
     assert "best mIoU" in (out / "summary.txt").read_text()
+    _check_node_config(out / "node_config.yaml", SYNTHETIC_CLASS_NAMES, ck.palette)
+
+
+def _check_node_config(path, names, palette):
+    """node_config.yaml is a valid params file for the node and a class config (as config/*.yaml are)."""
+    import yaml
+
+    from sigma_ros.classes import load_class_config
+    from sigma_ros.ros import params as node_params
+
+    cc = load_class_config(path)
+    assert cc.class_names == list(names) and cc.modality == "thermal" and cc.preprocessing == "rgb"
+    np.testing.assert_array_equal(cc.palette, palette)
+    values = yaml.safe_load(path.read_text())["/**"]["ros__parameters"]
+    flat = node_params.defaults()
+    flat.update({k: v for k, v in values.items() if k in node_params.SPECS})
+    flat.update({f"sync.{k}": v for k, v in values["sync"].items()})
+    flat["checkpoint"] = str(path.parent / "best.pt")
+    assert node_params.validate(flat).modality == "thermal"
+    try:
+        import rclpy
+        from rclpy.node import Node
+    except ImportError:
+        return
+    context = rclpy.Context()
+    rclpy.init(args=["--ros-args", "--params-file", str(path)], context=context)
+    try:
+        node = Node("sigma_segmentation", context=context, automatically_declare_parameters_from_overrides=True)
+        assert list(node.get_parameter("class_names").value) == list(names)
+        assert list(node.get_parameter("palette").value) == palette.reshape(-1).tolist()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
 
 
 def test_blank_x_zeroes_the_thermal_input_and_is_recorded(syn, tmp_path):

@@ -340,6 +340,26 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(
                 {**cfg.to_dict(), "model_config": self.model_cfg.to_dict(), "class_names": self.class_names},
                 sort_keys=False))
+            self._write_node_config()
+
+    def _write_node_config(self) -> None:
+        """RUN_DIR/node_config.yaml: ROS 2 params file + class config for the node, like config/mfnet.yaml, so
+        ``ros2 launch sigma_ros rgbt_segmentation.launch.py checkpoint:=RUN/best.pt config:=RUN/node_config.yaml``
+        runs the trained model with its classes, palette, modality and preprocessing."""
+        cfg = self.cfg
+        params = {"dataset": self.run_dir.name, "modality": cfg.modality}
+        if cfg.modality == "depth":
+            params["depth_range"] = [float(v) for v in cfg.depth_range]
+        params.update({"preprocessing": cfg.preprocessing, "input_size": "native", "overlay_alpha": 0.5,
+                       "sync": {"slop": 0.05, "queue_size": 10}, "class_names": list(self.class_names),
+                       # ROS parameters cannot nest lists: RGB triplets flattened, as in config/*.yaml
+                       "palette": [int(v) for v in self.palette.reshape(-1)]})
+        head = (f"# Written by sigma-ros train for the checkpoints in this folder: ROS 2 parameters for the\n"
+                f"# sigma_segmentation node AND a class config. Use it with\n"
+                f"#   ros2 launch sigma_ros rgb{'d' if cfg.modality == 'depth' else 't'}_segmentation.launch.py "
+                f"checkpoint:={self.run_dir / 'best.pt'} config:={self.run_dir / 'node_config.yaml'}\n")
+        (self.run_dir / "node_config.yaml").write_text(
+            head + yaml.safe_dump({"/**": {"ros__parameters": params}}, sort_keys=False, default_flow_style=None))
 
     def _load_init_weights(self, model: nn.Module, ck) -> None:
         src = ck.model.state_dict()

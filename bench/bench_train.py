@@ -42,6 +42,7 @@ def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, s
     scenes = [make_scene(seed * 1000 + i, h, w) for i in range(min(8, n_batches * batch))]
     items = [{"rgb": s["rgb"], "x": s["x"], "label": s["label"], "name": str(i)} for i, s in enumerate(scenes)]
     ds = TrainSet(items, crop=(h, w), scales=scale_choices(), seed=seed, num_classes=num_classes)
+    ds[(1, 0)]  # warm-up (lazy imports)
     t0 = time.perf_counter()
     samples = [ds[(0, i % len(items))] for i in range(n_batches * batch)]
     rate = len(samples) / (time.perf_counter() - t0)

@@ -6,7 +6,6 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     p.epilog = ("Every option can also be set in --config FILE (YAML, same names with underscores); flags given on "
                 "the command line win. Multi-GPU: torchrun --nproc_per_node N $(which sigma-ros) train ...")
     p.add_argument("--data", help="dataset folder (RGB/, Modal/, Label/, train.txt, test.txt; or MFNet/PST900/NYU)")
@@ -14,20 +13,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with training options (and classes)")
     p.add_argument("--variant", choices=["micro", "tiny", "small", "base"], default=None, help="model size [tiny]")
     p.add_argument("--classes", default=None,
-                   help="class config: mfnet|pst900|nyu|sunrgbd or a YAML file [dataset metadata, else labels]")
-    p.add_argument("--num-classes", type=int, default=None)
+                   help="class config: mfnet|pst900|nyu|sunrgbd or a YAML file [DATA/classes.yaml, else "
+                        "class_0.. up to the largest label value]")
+    p.add_argument("--num-classes", type=int, default=None, help="check (or, without names, set) the class count")
     p.add_argument("--max-steps", type=int, default=None, help="optimiser steps [500 epochs]")
     p.add_argument("--epochs", type=float, default=None, help="run length in epochs when --max-steps is not given")
     p.add_argument("--batch-size", type=int, default=None, help="global batch (split across DDP processes) [8]")
     p.add_argument("--accum-steps", type=int, default=None, help="micro-batches per optimiser step [1]")
     p.add_argument("--crop", default=None, help="training crop HxW [480x640]")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate [6e-5]")
-    p.add_argument("--weight-decay", type=float, default=None, help="[0.01]")
+    p.add_argument("--weight-decay", type=float, default=None, help="AdamW weight decay [0.01]")
     p.add_argument("--warmup-steps", type=int, default=None, help="[2%% of the steps]")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N [auto]")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast [on for CUDA, off on CPU]")
-    p.add_argument("--seed", type=int, default=None, help="[3407]")
+    p.add_argument("--seed", type=int, default=None, help="seed of init, data order, augmentation [3407]")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its state.pt")
     p.add_argument("--pretrained", default=None, help="VMamba ImageNet checkpoint (.pth) for the encoder")
     p.add_argument("--init-checkpoint", default=None,

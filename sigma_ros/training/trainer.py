@@ -141,14 +141,6 @@ def _max_label(base) -> int:
     return top
 
 
-def _split_exists(root: str, split: str) -> bool:
-    try:
-        open_split(root, split)
-        return True
-    except DatasetError:
-        return False
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # the trainer
 # ------------------------------------------------------------------------------------------------------------------
@@ -239,9 +231,10 @@ class Trainer:
             torch.backends.cudnn.benchmark = True
         self.amp = bool(cfg.amp) if cfg.amp is not None else self.device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed % 2**32)
-        random.seed(cfg.seed)
+        # Per-rank seeds (stochastic depth differs between processes); DDP broadcasts rank 0's initial weights.
+        torch.manual_seed(cfg.seed + self.dist.rank)
+        np.random.seed((cfg.seed + self.dist.rank) % 2**32)
+        random.seed(cfg.seed + self.dist.rank)
 
         from sigma_ros.model import SigmaConfig, build_sigma, load_checkpoint, load_vmamba_imagenet
 
@@ -265,10 +258,10 @@ class Trainer:
                 cfg.preprocessing = "rgb"
         self.eval_base = None
         if cfg.eval_split:
-            if _split_exists(cfg.data, cfg.eval_split):
+            try:
                 self.eval_base = open_split(cfg.data, cfg.eval_split)
-            else:
-                self.log(f"note: {cfg.data} has no usable {cfg.eval_split!r} split: no evaluation during training")
+            except DatasetError as e:
+                self.log(f"note: no evaluation during training: the {cfg.eval_split!r} split is not usable ({e})")
 
         # model
         if init_ck is not None:

@@ -27,6 +27,7 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "selective_scan",
@@ -378,6 +379,7 @@ class _NumbaScan(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the numba backward is not itself differentiable: double backward raises
     def backward(ctx, dy):
         kern = _load_numba()[0]
         u, delta, A, B4, C4, D, delta_bias, hsave = ctx.saved_tensors
@@ -417,7 +419,7 @@ def _launch(kernel, *args) -> None:
         kernel(*args)
 
 
-def _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus, groups):
+def _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus):
     if u.device.type != "cpu":
         raise RuntimeError(f"selective_scan backend 'cpu' needs CPU tensors, got {u.device}")
     dim = u.shape[1]
@@ -483,10 +485,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
                    D: torch.Tensor | None = None, delta_bias: torch.Tensor | None = None,
                    delta_softplus: bool = False, backend: str | None = None) -> torch.Tensor:
     """Selective scan with mamba-ssm ``selective_scan_fn`` semantics (see the module docstring)."""
-    groups = _check_shapes(u, delta, A, B, C, D, delta_bias)
+    _check_shapes(u, delta, A, B, C, D, delta_bias)
     name = resolve_backend(u.device, backend)
     if name == "cpu":
-        return _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus, groups)
+        return _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if name == "cuda":
         return _scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus)
     return selective_scan_reference(u, delta, A, B, C, D, delta_bias, delta_softplus)

@@ -276,3 +276,22 @@ def test_eval_command_errors(tiny_dataset, syn_checkpoint, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(syn_checkpoint), "--data", str(tiny_dataset),
                  "--multi-scale", "a,b"]) == 2
     assert "--multi-scale" in capsys.readouterr().err
+
+
+def test_eval_command_on_an_official_format_checkpoint(tiny_dataset, syn_checkpoint, tmp_path):
+    """The authors' format ({'model': state_dict}, no class names): official preprocessing, names from --classes."""
+    from sigma_ros.cli import main
+    from sigma_ros.model import load_checkpoint
+
+    official = tmp_path / "official.pth"
+    torch.save({"model": load_checkpoint(syn_checkpoint).model.state_dict(), "epoch": 500}, official)
+    out = tmp_path / "o.json"
+    assert main(["eval", "--checkpoint", str(official), "--data", str(tiny_dataset), "--json", str(out),
+                 "--classes", str(tiny_dataset / "classes.yaml")]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["preprocessing"] == "official" and doc["class_names"][0] == "sky"
+    # BGR input changes the result, so the profile really was applied
+    mine = tmp_path / "mine.json"
+    assert main(["eval", "--checkpoint", str(official), "--data", str(tiny_dataset), "--json", str(mine),
+                 "--preprocessing", "rgb"]) == 0
+    assert json.loads(mine.read_text())["confusion_matrix"] != doc["confusion_matrix"]

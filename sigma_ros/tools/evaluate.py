@@ -79,7 +79,7 @@ def _run(args) -> int:
         raise ValueError(f"device {device!r} requested but CUDA is not available")
     ck = load_checkpoint(args.checkpoint, map_location=device)
     extra = ck.extra or {}
-    names = ck.class_names
+    names, cc = ck.class_names, None
     if args.classes or not names:
         cc = load_class_config(args.classes) if args.classes else generic_classes(ck.config.num_classes)
         if cc.num_classes != ck.config.num_classes:
@@ -87,7 +87,7 @@ def _run(args) -> int:
                              f"{ck.config.num_classes}")
         names = cc.class_names
     profile = args.preprocessing or ck.preprocessing or ("official" if ck.official else "rgb")
-    modality = args.modality or extra.get("modality") or "thermal"
+    modality = args.modality or extra.get("modality") or (cc.modality if args.classes else None) or "thermal"
     depth_range = tuple(float(v) for v in args.depth_range.split(",")) if args.depth_range else \
         tuple(extra.get("depth_range") or (0.0, 10.0))
     blank = {None: extra.get("blank"), "none": None}.get(args.blank, args.blank)

@@ -78,8 +78,8 @@ def _import_mamba() -> tuple:
             if second is not None and str(second) != str(first):
                 reason += f" (without mamba_ssm/__init__: {type(second).__name__}: {second})"
             if "selective_scan_cuda" in reason:
-                reason += ("; mamba-ssm >= 2.3 builds its CUDA kernels only with MAMBA_KEEP_CUDA_BUILD=TRUE "
-                           "(pip install --no-build-isolation mamba-ssm)")
+                reason += ("; recent mamba-ssm releases build their CUDA kernels only when installed with "
+                           "MAMBA_KEEP_CUDA_BUILD=TRUE pip install --no-build-isolation mamba-ssm")
             return None, reason, None
     fn = getattr(mod, "selective_scan_fn", None)
     if fn is None:

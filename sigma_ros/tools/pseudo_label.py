@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--color-dir", default=None, help="also write colourised previews here")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--config", default=None, help="class config (for checkpoints without class names)")
+    p.add_argument("--classes", "--config", dest="config", default=None,
+                   help="class config: mfnet|pst900|nyu|sunrgbd or a YAML (for checkpoints without class names)")
     p.add_argument("--modality", choices=["thermal", "depth"], default=None)
     p.add_argument("--depth-range", default=None, metavar="MIN,MAX")
     p.add_argument("--threads", type=int, default=None)

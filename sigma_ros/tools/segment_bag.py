@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda [auto]")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     p.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass [1]")
-    p.add_argument("--config", default=None, help="class config (for checkpoints without class names)")
+    p.add_argument("--classes", "--config", dest="config", default=None,
+                   help="class config: mfnet|pst900|nyu|sunrgbd or a YAML (for checkpoints without class names)")
     p.add_argument("--modality", choices=["thermal", "depth"], default=None,
                    help="[the checkpoint's, else thermal]")
     p.add_argument("--depth-range", default=None, metavar="MIN,MAX", help="metres [checkpoint's, else 0,10]")

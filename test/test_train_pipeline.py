@@ -42,7 +42,7 @@ def test_bags_to_trained_checkpoint(extracted, tmp_path):
     assert train_n + test_n == 36 and test_n >= 6
     config = tmp_path / "train.yaml"
     config.write_text(yaml.safe_dump({
-        "variant": "micro", "crop": [H, W], "batch_size": 4, "lr": 2e-3, "warmup_steps": 5, "log_every": 5,
+        "variant": "micro", "crop": [48, 64], "batch_size": 4, "lr": 2e-3, "warmup_steps": 5, "log_every": 5,
         "classes": {"names": SYNTHETIC_CLASS_NAMES, "palette": SYNTHETIC_PALETTE.tolist()},
         "tensorboard": False,
     }))

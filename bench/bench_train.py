@@ -11,6 +11,7 @@ Modes:
                  and 59 GiB peak for Sigma-T batch 8 on an H200)
   fast           bf16 autocast + TF32 (the trainer's GPU default); every mode uses the trainer's fused AdamW
   fast_bf16scan  as fast, and the selective scans get bf16 inputs (fp32 state; trainer option scan_bf16)
+  <mode>_ckpt    any of the above with activation checkpointing (trainer option activation_checkpointing)
 Batches are synthetic street scenes (sigma_ros.data.synthetic) augmented by the trainer's pipeline once and kept
 on the device, so the loader is not timed here; the loader's own rate (one process) is printed separately.
 """
@@ -27,10 +28,12 @@ import numpy as np
 import torch
 
 MODES = {
-    "fp32": dict(amp=None, tf32=False, scan_bf16=False),
-    "fast": dict(amp=torch.bfloat16, tf32=True, scan_bf16=False),
-    "fast_bf16scan": dict(amp=torch.bfloat16, tf32=True, scan_bf16=True),
+    "fp32": dict(amp=None, tf32=False, scan_bf16=False, ckpt=False),
+    "fast": dict(amp=torch.bfloat16, tf32=True, scan_bf16=False, ckpt=False),
+    "fast_bf16scan": dict(amp=torch.bfloat16, tf32=True, scan_bf16=True, ckpt=False),
 }
+for _name in list(MODES):  # "<mode>_ckpt": the same with activation checkpointing (memory for compute)
+    MODES[_name + "_ckpt"] = {**MODES[_name], "ckpt": True}
 
 
 def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, seed: int = 0):
@@ -52,7 +55,7 @@ def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, s
 def run_mode(name: str, args, dist_info, device, batches) -> dict:
     from sigma_ros.model import SigmaConfig, build_sigma
     from sigma_ros.training.optim import build_optimizer
-    from sigma_ros.training.step import train_step
+    from sigma_ros.training.step import enable_activation_checkpointing, train_step
 
     mode = MODES[name]
     if device.type == "cuda":
@@ -62,6 +65,8 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
     torch.manual_seed(0)
     cfg = SigmaConfig.from_variant(args.variant, num_classes=9)
     model = build_sigma(cfg).to(device).train()
+    if mode["ckpt"]:
+        enable_activation_checkpointing(model)
     net = model
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP

@@ -325,3 +325,15 @@ def test_pretrained_vmamba_weights_reach_the_encoder(syn, tmp_path):
     assert any("ImageNet init" in m for m in msgs)
     with pytest.raises(ValueError, match="not found"):
         Trainer(_cfg(syn, tmp_path / "pt2", max_steps=1, pretrained=str(tmp_path / "nope.pth")), log=_quiet).setup()
+
+
+def test_activation_checkpointing_trains_the_same_weights(syn, tmp_path):
+    kw = dict(max_steps=2, eval_split=None, seed=5)
+    Trainer(_cfg(syn, tmp_path / "plain", **kw), log=_quiet).run()
+    msgs = []
+    Trainer(_cfg(syn, tmp_path / "ckpt", activation_checkpointing=True, **kw), log=msgs.append).run()
+    assert any("activation checkpointing" in m for m in msgs)
+    a = torch.load(tmp_path / "plain" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)

@@ -52,6 +52,7 @@ class TrainConfig:
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ (fp32 runs only)
     scan_bf16: bool = False  # under autocast, feed the selective scans bf16 inputs (state stays fp32)
+    activation_checkpointing: bool = False  # recompute block activations in backward: far less memory, ~1 extra fwd
     seed: int = 3407
     workers: int | None = None  # loader workers per process; default 0 on CPU, min(8, cores) on GPU
     threads: int | None = None  # torch CPU threads

@@ -59,3 +59,41 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return total / accum_steps
+
+
+# Blocks whose activations are recomputed in backward when activation checkpointing is on: every encoder, fusion and
+# decoder block (outermost only; nesting would recompute twice).
+CHECKPOINT_BLOCKS = ("VSSBlock", "CrossMambaFusionBlock", "ConcatMambaFusionBlock", "CVSSDecoderBlock")
+
+
+def enable_activation_checkpointing(model: nn.Module, block_names=CHECKPOINT_BLOCKS) -> int:
+    """Recompute each block's activations in backward instead of storing them (torch.utils.checkpoint,
+    non-reentrant): much less training memory for about one extra forward. Weights and outputs are unchanged;
+    stochastic depth draws the same masks in the recomputation (RNG state is preserved). Returns the block count."""
+    from torch.utils.checkpoint import checkpoint
+
+    from sigma_ros.model import sigma as sigma_module
+
+    count = 0
+    for m in model.modules():
+        if type(m).__name__ not in block_names or getattr(m, "_sigma_checkpointed", False):
+            continue
+        orig = m.forward
+
+        def forward(*args, _orig=orig):
+            if not torch.is_grad_enabled():
+                return _orig(*args)
+            # The recomputation runs outside this call's context managers: carry the scan-precision switch over
+            # (autocast state is carried by checkpoint itself).
+            low = getattr(sigma_module, "_scan_low_precision_inputs", False)
+
+            def run(*a):
+                with _scan_precision(low):
+                    return _orig(*a)
+
+            return checkpoint(run, *args, use_reentrant=False)
+
+        m.forward = forward
+        m._sigma_checkpointed = True
+        count += 1
+    return count

@@ -33,7 +33,7 @@ from .data import DatasetError, EpochBatches, EvalSet, TrainSet, collate_train, 
 from .distributed import DistInfo, all_reduce_sum, barrier, gather_objects, init_distributed, shutdown
 from .evaluate import EvalOptions, evaluate
 from .optim import build_optimizer, warmup_poly_factor
-from .step import train_step
+from .step import enable_activation_checkpointing, train_step
 
 STATE_FILE = "state.pt"
 
@@ -281,6 +281,9 @@ class Trainer:
             if init_ck is not None:
                 self._load_init_weights(model, init_ck)
         model.to(self.device)
+        if cfg.activation_checkpointing:
+            n = enable_activation_checkpointing(model)
+            self.log(f"activation checkpointing: {n} blocks recompute their activations in backward")
         self.model = model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP

@@ -58,6 +58,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--checkpoint", help="time and compare on these weights (e.g. a trained model)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the compiled fast path (torch.compile, scan as a custom op; minutes to compile)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: this benchmark needs a GPU", file=sys.stderr)
@@ -106,6 +108,14 @@ def main() -> int:
                 row[f"fast_{p}_ms"] = timed(fn, rgb, x, iters=args.iters)
                 row[f"fast_{p}_max_abs_diff"], row[f"fast_{p}_argmax_agree_pct"] = agreement(ref, out)
             row["fast_bf16_peak_mib"] = fast_peak
+            if args.compile:
+                t_compile = time.perf_counter()
+                compiled = build_fast_forward(model, torch.bfloat16, compile=True)
+                out = compiled(rgb, x)
+                row["compile_s"] = time.perf_counter() - t_compile
+                row["fast_compiled_bf16_ms"] = timed(compiled, rgb, x, iters=args.iters)
+                row["fast_compiled_bf16_max_abs_diff"], row["fast_compiled_bf16_argmax_agree_pct"] = \
+                    agreement(ref, out)
             if variant in ("tiny", "checkpoint"):
                 rgb8, x8 = rgb.expand(8, -1, -1, -1).contiguous(), x.expand(8, -1, -1, -1).contiguous()
                 row["batch8_eager_fp32_img_s"] = 8000 / timed(eager_fp32, rgb8, x8, warmup=3, iters=10)

@@ -82,8 +82,8 @@ def preprocess_pair(rgb: np.ndarray, x: np.ndarray, profile: str = "rgb", modali
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"RGB image must be (H, W, 3) uint8, got {rgb.dtype} {rgb.shape}")
     grey = x_to_uint8(x, profile, modality, depth_range)
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb)).to(device).permute(2, 0, 1).float().div_(255)
-    x_t = torch.from_numpy(np.ascontiguousarray(grey)).to(device)[None].float().div_(255)
+    rgb_t = _as_tensor(rgb).to(device).permute(2, 0, 1).float().div_(255)
+    x_t = _as_tensor(grey).to(device)[None].float().div_(255)
     h, w = rgb.shape[:2]
     target = (h, w) if size is None else (int(size[1]), int(size[0]))
     if profile == "official":
@@ -91,6 +91,12 @@ def preprocess_pair(rgb: np.ndarray, x: np.ndarray, profile: str = "rgb", modali
     rgb_t = _resize(rgb_t, target)
     x_t = _resize(x_t, target).expand(3, -1, -1)
     return _normalise(rgb_t), _normalise(x_t)
+
+
+def _as_tensor(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy where possible; read-only arrays (Pillow, ROS message buffers) are copied, not aliased."""
+    a = np.ascontiguousarray(a)
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
 def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -44,7 +44,7 @@ class Segmenter:
     def __init__(self, model: torch.nn.Module, config: SigmaConfig, *, class_names=None, palette=None,
                  preprocessing: str = "rgb", device: str = "auto", precision: str = "fp32",
                  input_size: tuple[int, int] | None = None, modality: str = "thermal",
-                 depth_range: tuple[float, float] = (0.0, 10.0), fast: bool = True,
+                 depth_range: tuple[float, float] = (0.0, 10.0), fast: bool = True, compile: bool = False,
                  checkpoint_path: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -69,6 +69,7 @@ class Segmenter:
         self.checkpoint_path = checkpoint_path
         self.model = model.eval().to(self.device)
         self.fast = fast and self.device.type == "cuda"
+        self.compile = compile and self.fast
         self._forward = self._build_forward()
         log.info("Sigma-%s (%d classes) on %s, %s, scan backend: %s", config.variant, self.num_classes,
                  self.device, precision, describe_backend(self.device))
@@ -98,7 +99,7 @@ class Segmenter:
         if self.fast:
             from .model.fast import build_fast_forward  # GPU-only speed path
 
-            return build_fast_forward(self.model, dtype)
+            return build_fast_forward(self.model, dtype, compile=self.compile)
 
         def forward(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
             low = dtype != torch.float32
@@ -146,5 +147,5 @@ class Segmenter:
             "precision": self.precision,
             "preprocessing": self.preprocessing,
             "scan_backend": describe_backend(self.device),
-            "fast_path": str(self.fast),
+            "fast_path": str(self.fast) + (" (compiled)" if self.compile else ""),
         }

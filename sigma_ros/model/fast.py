@@ -3,6 +3,10 @@
 At batch 1 the eager model is launch-bound (about 2,000 small kernels per frame): capturing the whole forward once
 per input shape and replaying it removes the launch overhead. The graph owns static input/output buffers; callers
 get a copy of the output.
+
+``compile=True`` additionally runs the model through ``torch.compile`` (Inductor fuses the LayerNorms, casts,
+gating and cross-scan copies between the scans) with the selective scan as an opaque custom op, so the whole
+forward is one graph. Compilation takes minutes on first use (cached on disk afterwards), hence opt-in.
 """
 from __future__ import annotations
 
@@ -10,27 +14,47 @@ import logging
 
 import torch
 
-from .sigma import low_precision_scan_inputs
+from ..ops.selective_scan import selective_scan as ops_selective_scan
+from .sigma import low_precision_scan_inputs, scan_implementation
 
 log = logging.getLogger(__name__)
 
 
-def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3):
+@torch.library.custom_op("sigma_ros::selective_scan_fwd", mutates_args=())
+def _scan_fwd(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+              D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool) -> torch.Tensor:
+    """Inference-only scan as one op torch.compile can keep in its graph (the kernel itself is not traceable)."""
+    return ops_selective_scan(u, delta, A, B, C, D, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+@_scan_fwd.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    return u.new_empty(u.shape)  # the kernels return a contiguous tensor of u's dtype
+
+
+def _scan_as_op(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend=None):
+    return _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus)
+
+
+def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False):
     graphs: dict[tuple, tuple] = {}
-
     low = dtype != torch.float32
+    scan = _scan_as_op if compile else ops_selective_scan
 
-    def eager(rgb, x):
+    def run(rgb, x):
         # cuDNN convolutions default to TF32 (~1e-3 error); fp32 means fp32 here, so the golden parity holds.
         with torch.autocast("cuda", dtype=dtype, enabled=low), low_precision_scan_inputs(low), \
-                torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=low):
+                torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=low), \
+                scan_implementation(scan):
             return model(rgb, x).float()
+
+    eager = torch.compile(run, dynamic=False, fullgraph=False) if compile else run
 
     def capture(rgb, x):
         static_rgb, static_x = rgb.clone(), x.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):  # warm-up: lazy inits and autotuning must not happen during capture
+        with torch.cuda.stream(stream):  # warm-up: lazy inits, autotuning and compilation stay out of the capture
             for _ in range(warmup):
                 eager(static_rgb, static_x)
         torch.cuda.current_stream().wait_stream(stream)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.selective_scan import selective_scan
+from ..ops.selective_scan import selective_scan as ops_selective_scan
 from .config import SigmaConfig
 
 
@@ -37,6 +37,25 @@ def low_precision_scan_inputs(enabled: bool = True):
 
 def _scan_input(t: torch.Tensor) -> torch.Tensor:
     return t if _scan_low_precision_inputs else t.float()
+
+
+def selective_scan(*args, **kwargs) -> torch.Tensor:
+    """The scan every block calls; looked up at call time so the fast path can route it (e.g. to a custom op)."""
+    return _scan_impl(*args, **kwargs)
+
+
+_scan_impl = ops_selective_scan
+
+
+@contextlib.contextmanager
+def scan_implementation(fn):
+    """Route the model's scans through ``fn`` (same signature as ``ops.selective_scan``) inside the block."""
+    global _scan_impl
+    previous, _scan_impl = _scan_impl, fn
+    try:
+        yield
+    finally:
+        _scan_impl = previous
 
 
 # --------------------------------------------------------------------------------------------------------------------

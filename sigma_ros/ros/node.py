@@ -178,7 +178,7 @@ class SegmentationNode(Node):
             seg = Segmenter.from_checkpoint(
                 s.checkpoint, variant=s.variant or None, class_config=class_config, device=device,
                 precision=s.precision, input_size=s.input_size, modality=s.modality, depth_range=s.depth_range,
-                fast=s.fast_path)
+                fast=s.fast_path, compile=s.compile)
         except CheckpointError as e:  # names the file and the problem (also variant/class-count mismatches)
             raise StartupError(f"invalid checkpoint: {e}") from None
         except Exception as e:  # unreadable file, device/precision errors

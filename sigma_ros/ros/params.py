@@ -55,7 +55,10 @@ PARAMETERS: List[ParamSpec] = [
     ParamSpec("modality", "", "What x/image carries: thermal (8/16-bit) | depth (32FC1 metres or 16UC1 millimetres). "
               "Empty: the class config's modality (thermal without a config).", choices=("",) + MODALITIES),
     ParamSpec("depth_range", [0.0, 10.0], "Depth clipping range [min, max] in metres, used when modality=depth."),
-    ParamSpec("fast_path", True, "Use the GPU speed path of the segmenter (fused kernels, graphs) when available."),
+    ParamSpec("fast_path", True, "Use the GPU speed path of the segmenter (CUDA graphs, reduced precision around an "
+              "fp32 scan state) when running on CUDA; false = plain eager PyTorch."),
+    ParamSpec("compile", False, "GPU fast path only: also torch.compile the model (fuses the work between the scans; "
+              "about 1.5x faster, but the first frame of each input size waits minutes for compilation)."),
     ParamSpec("cpu_threads", 0, "PyTorch intra-op threads for CPU work (0 = PyTorch's default, one per core). "
               "Lower it when other nodes need the CPU: oversubscribed cores slow PyTorch down a lot.",
               int_range=(0, 1024)),
@@ -82,6 +85,7 @@ class NodeSettings:
     modality: str  # '' = from the class config (resolved by the node)
     depth_range: Tuple[float, float]
     fast_path: bool
+    compile: bool
     cpu_threads: int
     publish_confidence: bool
     inference_delay: float
@@ -150,6 +154,7 @@ def validate(values: Dict[str, Any]) -> NodeSettings:
         modality=_choice(values, "modality"),
         depth_range=parse_depth_range(values["depth_range"]),
         fast_path=bool(values["fast_path"]),
+        compile=bool(values["compile"]),
         cpu_threads=int(_in_range(values, "cpu_threads")),
         publish_confidence=bool(values["publish_confidence"]),
         inference_delay=float(_in_range(values, "debug.inference_delay")),

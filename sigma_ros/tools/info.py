@@ -63,14 +63,11 @@ def count_flops(cfg: SigmaConfig, height: int, width: int) -> dict[str, float]:
         model = build_sigma(cfg).eval()
         rgb = torch.zeros(1, 3, height, width)
     hooks = [m.register_forward_hook(ln_hook) for m in model.modules() if isinstance(m, torch.nn.LayerNorm)]
-    original = sigma_module.selective_scan
-    sigma_module.selective_scan = counting_scan
     try:
         counter = FlopCounterMode(display=False, custom_mapping=_FVCORE_EXTRAS)
-        with counter, torch.no_grad():
+        with sigma_module.scan_implementation(counting_scan), counter, torch.no_grad():
             model(rgb, rgb)
     finally:
-        sigma_module.selective_scan = original
         for h in hooks:
             h.remove()
     macs = counter.get_total_flops() / 2 / 1e9

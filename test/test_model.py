@@ -185,3 +185,22 @@ def test_vmamba_imagenet_init_remaps_keys(tmp_path, micro_cfg):
     assert torch.equal(got["layers.0.blocks.0.norm.weight"], donor["layers.0.blocks.0.norm.weight"] + 1.0)
     with pytest.raises(CheckpointError, match="do not fit this encoder"):
         load_vmamba_imagenet(build_sigma(SigmaConfig.micro(num_classes=5, d_state=8)), tmp_path / "vssm.pth")
+
+
+def test_scan_custom_op_for_torch_compile_matches_the_kernel():
+    """The fast path's compiled graph keeps the scan as a custom op: its fake (meta) result must match the real one
+    in shape, dtype and strides, and routing the model through it must not change the logits."""
+    from sigma_ros.model.fast import _scan_as_op, _scan_fwd
+    from sigma_ros.model.sigma import scan_implementation
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 8, 40, generator=g).transpose(1, 2).contiguous().transpose(1, 2)  # non-contiguous, like CroMB
+    args = (u, torch.randn(2, 8, 40, generator=g), -torch.rand(8, 4, generator=g), torch.randn(2, 2, 4, 40, generator=g),
+            torch.randn(2, 2, 4, 40, generator=g), torch.randn(8, generator=g), torch.randn(8, generator=g), True)
+    torch.library.opcheck(_scan_fwd, args, test_utils=("test_schema", "test_faketensor"))
+    model = build_sigma(SigmaConfig.micro(num_classes=3)).eval()
+    rgb, x = torch.randn(1, 3, 64, 64, generator=g), torch.randn(1, 3, 64, 64, generator=g)
+    with torch.no_grad(), scan_implementation(_scan_as_op):
+        routed = model(rgb, x)
+    with torch.no_grad():
+        assert torch.equal(routed, model(rgb, x))

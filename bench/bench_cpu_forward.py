@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,15 +20,7 @@ from sigma_ros.model import SigmaConfig, build_sigma
 from sigma_ros.ops.selective_scan import describe_backend
 from sigma_ros.tools.info import count_flops
 
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
 
 
 def main() -> int:

@@ -33,6 +33,8 @@ from sigma_ros.ros.outputs import render_outputs, to_messages
 from sigma_ros.segmenter import Segmenter
 from sigma_ros.sync import ApproximateTimeSync
 
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+
 
 class StubNet(torch.nn.Module):
     """Stands in for Sigma: returns fixed logits of the input's size (the forward pass is what we exclude)."""
@@ -44,17 +46,6 @@ class StubNet(torch.nn.Module):
 
     def forward(self, rgb, x):
         return self.logits.expand(rgb.shape[0], -1, -1, -1)
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> int:

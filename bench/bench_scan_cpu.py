@@ -21,6 +21,8 @@ import torch
 
 from sigma_ros.ops.selective_scan import describe_backend, selective_scan
 
+from machine import cpu_name  # bench/machine.py (scripts run from bench/)
+
 FWD_SHAPES = [  # (batch, dim = K*D, L, N, G): encoder stage 1 / stage 3 scans, and a d_state=4 (fusion/decoder) scan
     (1, 768, 19200, 16, 4),
     (1, 3072, 1200, 16, 4),
@@ -29,17 +31,6 @@ FWD_SHAPES = [  # (batch, dim = K*D, L, N, G): encoder stage 1 / stage 3 scans, 
 BWD_SHAPES = [(1, 768, 4800, 16, 4)]
 QUICK_FWD = [(1, 64, 2000, 16, 4), (1, 64, 2000, 4, 4)]
 QUICK_BWD = [(1, 32, 500, 16, 4)]
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_inputs(batch, dim, length, n, groups, requires_grad=False):
@@ -102,7 +93,7 @@ def main(argv=None) -> int:
     import numba
 
     fwd_shapes, bwd_shapes = (QUICK_FWD, QUICK_BWD) if args.quick else (FWD_SHAPES, BWD_SHAPES)
-    print(f"machine: {cpu_model()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads used")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} threads used")
     print(f"python {platform.python_version()}, torch {torch.__version__}, numba {numba.__version__}; "
           f"backend: {describe_backend('cpu', 'cpu')}")
     if hasattr(os, "getloadavg"):

@@ -353,6 +353,7 @@ def test_stamps_inside_and_outside_slop(harness, main_node):
     labels = harness.by_stamp(main_node.topic("label"))
     assert outside not in harness.by_stamp(main_node.topic("label"))
     assert labels[inside].header.stamp.nanosec == inside % 10**9  # outputs carry the RGB stamp
+    assert negative in labels and after_ok in labels  # X before RGB within the slop pairs too
     after, _ = harness.fresh_diagnostics(main_node.fqn)
     assert int(after["unpaired_dropped"]) >= int(before["unpaired_dropped"]) + 2  # both halves of `outside`
     assert float(after["sync_offset_ms_max"]) <= 20.0

@@ -98,7 +98,7 @@ def _ellipse_mask(h, w):
 
 
 def _background(c: _Canvas, street):
-    h, w, night, rng = c.h, c.w, c.night, c.rng
+    h, w, night = c.h, c.w, c.night
     yy = np.arange(h, dtype=np.float32)[:, None]
     xx = np.arange(w, dtype=np.float32)[None, :]
     dx = xx - c.xv

@@ -299,7 +299,6 @@ class SegmentationNode(Node):
 
     def snapshot(self) -> diagnostics.Snapshot:
         now = time.monotonic()
-        s = self.settings
         with self._lock:
             snap = diagnostics.Snapshot(
                 rgb_received=self._received["rgb"], x_received=self._received["x"],

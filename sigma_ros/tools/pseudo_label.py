@@ -120,7 +120,6 @@ def _run(args) -> int:
 
 
 def _label(args, data: Path, out_dir: Path, datasets) -> int:
-    import torch
     from PIL import Image
     from tqdm import tqdm
 

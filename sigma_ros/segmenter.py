@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from .classes import ClassConfig, generic_classes, load_class_config
 from .model import CheckpointError, SigmaConfig, load_checkpoint
 from .ops.selective_scan import describe_backend
+from .postprocess import labels_from_scores
 from .preprocess import MODALITIES, check_profile, preprocess_pair
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ class Segmenter:
         """(K, h, w) logits -> labels (and confidence) at ``size`` = the camera image's (H, W)."""
         if logits.shape[-2:] != tuple(size):  # ran at input_size: bring the scores back to the camera's geometry
             logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
-        # max(dim).indices: same ids as argmax, several times faster on the CPU for (K, H, W)
+        if logits.device.type == "cpu":
+            return Segmentation(*labels_from_scores(logits.numpy(), confidence))
+        # on the GPU: reduce there, copy back only (H, W) results
         if confidence:
             conf, labels = torch.softmax(logits, dim=0).max(dim=0)
             return Segmentation(labels.cpu().numpy(), conf.cpu().numpy())

@@ -110,3 +110,14 @@ def test_segmenter_end_to_end_and_devices(micro_checkpoint):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="precision"):
         Segmenter.from_checkpoint(micro_checkpoint, device="cpu", precision="int8")
+
+
+def test_labels_from_scores_equals_torch_argmax_and_softmax():
+    from sigma_ros.postprocess import labels_from_scores
+
+    scores = np.random.default_rng(1).standard_normal((7, 33, 45)).astype(np.float32)
+    labels, conf = labels_from_scores(scores, confidence=True)
+    ref_conf, ref_labels = torch.softmax(torch.from_numpy(scores), dim=0).max(dim=0)
+    assert np.array_equal(labels, ref_labels.numpy()) and labels.dtype == np.int64
+    assert np.allclose(conf, ref_conf.numpy(), atol=1e-6)
+    assert labels_from_scores(scores)[1] is None

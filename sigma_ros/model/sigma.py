@@ -10,6 +10,7 @@ Mamba decoder. Tensors between blocks are channels-last (B, H, W, C), as in the 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 
 import torch
@@ -18,6 +19,8 @@ from torch import nn
 
 from ..ops.selective_scan import selective_scan as ops_selective_scan
 from .config import SigmaConfig
+
+log = logging.getLogger(__name__)
 
 
 # The official code casts every scan input to float32. Under autocast the GPU fast path instead hands the kernel its
@@ -557,4 +560,11 @@ class Sigma(nn.Module):
 
 def build_sigma(cfg: SigmaConfig) -> Sigma:
     """Build a randomly initialised Sigma network (official initialisation)."""
-    return Sigma(cfg)
+    model = Sigma(cfg)
+    if log.isEnabledFor(logging.INFO):
+        from ..ops.selective_scan import describe_backend
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        log.info("built Sigma-%s (%d classes); selective scan on %s: %s", cfg.variant, cfg.num_classes, device,
+                 describe_backend(device))
+    return model

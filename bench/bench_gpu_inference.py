@@ -4,7 +4,8 @@
 
 For each variant, batch 1 at 480x640 (RGB + thermal): median latency (CUDA events, after warm-up), peak GPU memory,
 and the fast path's agreement with fp32 (max |logit diff|, per-pixel argmax agreement). Batch 8 throughput for
-Sigma-T. Needs mamba-ssm's CUDA kernel (see README); random weights unless --checkpoint is given.
+Sigma-T. Needs mamba-ssm's CUDA kernel (see README). Random weights and inputs, unless --checkpoint is given: then
+that model runs on a synthetic street scene (what the bundled demo model was trained on).
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ import time
 
 import torch
 
+from sigma_ros.data.synthetic import make_scene
 from sigma_ros.model import SigmaConfig, build_sigma, load_checkpoint
 from sigma_ros.model.fast import build_fast_forward
 from sigma_ros.ops.selective_scan import describe_backend
+from sigma_ros.preprocess import preprocess_pair
 
 
 def timed(fn, *args, warmup=10, iters=50) -> float:
@@ -77,9 +80,13 @@ def main() -> int:
         else:
             cfg = SigmaConfig.from_variant(variant, num_classes=9)
             model = build_sigma(cfg).to(dev).eval()
-        gen = torch.Generator(device=dev).manual_seed(1)
-        rgb = torch.randn(1, 3, h, w, device=dev, generator=gen)
-        x = torch.randn(1, 3, h, w, device=dev, generator=gen)
+        if args.checkpoint:  # a trained model: judge agreement on the kind of scene it was trained on
+            scene = make_scene(1, h, w)
+            rgb, x = (t[None].to(dev) for t in preprocess_pair(scene["rgb"], scene["x"], ck.preprocessing or "rgb"))
+        else:
+            gen = torch.Generator(device=dev).manual_seed(1)
+            rgb = torch.randn(1, 3, h, w, device=dev, generator=gen)
+            x = torch.randn(1, 3, h, w, device=dev, generator=gen)
 
         @torch.inference_mode()
         def eager_fp32(r, t):

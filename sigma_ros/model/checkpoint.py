@@ -45,7 +45,7 @@ def save_checkpoint(path, model: nn.Module, cfg: SigmaConfig, *, class_names=Non
                     preprocessing: str = "rgb", extra: dict | None = None) -> Path:
     """Write a self-describing checkpoint atomically (a crash never leaves a half-written file at ``path``)."""
     path = Path(path)
-    state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()}
     payload = {
         "format": FORMAT,
         "config": cfg.to_dict(),
@@ -197,7 +197,7 @@ def _check_state_dict(model: nn.Module, state: dict, path, what: str, limit: int
         raise CheckpointError(f"{path}: does not match {what}:\n  " + "\n  ".join(problems))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The plain model inside DDP / torch.compile wrappers."""
     for attr in ("module", "_orig_mod"):
         while hasattr(model, attr) and isinstance(getattr(model, attr), nn.Module):
@@ -238,7 +238,7 @@ def load_vmamba_imagenet(model: Sigma, path) -> PretrainedReport:
     state = raw.get("model", raw) if isinstance(raw, dict) else raw
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: no 'model' state dict in this VMamba checkpoint")
-    target = _unwrap(model).backbone.vssm.state_dict()
+    target = unwrap_model(model).backbone.vssm.state_dict()
     renamed, skipped, mismatched = {}, [], []
     for key, value in state.items():
         new = key.removeprefix("module.")
@@ -255,6 +255,6 @@ def load_vmamba_imagenet(model: Sigma, path) -> PretrainedReport:
                               + "; ".join(mismatched[:8]))
     if not renamed:
         raise CheckpointError(f"{path}: no VMamba encoder weights found in this checkpoint")
-    _unwrap(model).backbone.vssm.load_state_dict(renamed, strict=False)
+    unwrap_model(model).backbone.vssm.load_state_dict(renamed, strict=False)
     missing = [k for k in target if k not in renamed]
     return PretrainedReport(loaded=len(renamed), missing=missing, skipped=skipped)

@@ -27,6 +27,7 @@ import torch
 import yaml
 from torch import nn
 
+from ..model.checkpoint import atomic_torch_save
 from .augment import IGNORE_INDEX, scale_choices
 from .config import TrainConfig
 from .data import DatasetError, EpochBatches, EvalSet, TrainSet, collate_train, open_split, worker_init
@@ -55,16 +56,6 @@ def resolve_device(spec: str, dist: DistInfo) -> torch.device:
         if dist.enabled or spec == "cuda":
             return torch.device("cuda", dist.local_rank if dist.enabled else torch.cuda.current_device())
     return torch.device(spec)
-
-
-def _atomic_save(obj, path: Path) -> None:
-    from sigma_ros.model.checkpoint import atomic_torch_save
-
-    atomic_torch_save(obj, path)
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -405,7 +396,7 @@ class Trainer:
                 "step": self.step, "micro": self.micro, "history": self.history, "rng": rngs,
                 "best_miou": self.best_miou, "best_step": self.best_step, "last_miou": self.last_miou,
             }
-            _atomic_save(state, self.run_dir / STATE_FILE)  # first: resume never sees a newer last.pt than state
+            atomic_torch_save(state, self.run_dir / STATE_FILE)  # first: resume never sees a newer last.pt than state
             kw = dict(class_names=self.class_names, palette=self.palette, preprocessing=self.cfg.preprocessing,
                       extra=self._node_extra())
             save_checkpoint(self.run_dir / "last.pt", self.model, self.model_cfg, **kw)

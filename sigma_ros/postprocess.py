@@ -58,10 +58,12 @@ def _argmax_kernel():
 
         import numba
 
-        @numba.njit(parallel=True, cache=True)
+        # Serial on purpose: numba's workqueue threading layer aborts on concurrent parallel launches from two
+        # threads, and at ~1 ms per 640x480 frame there is little to gain.
+        @numba.njit(cache=True)
         def argmax_channels(scores, labels, conf, want_conf):
             k, h, w = scores.shape
-            for i in numba.prange(h):
+            for i in range(h):
                 for j in range(w):
                     best = scores[0, i, j]
                     arg = 0

@@ -177,6 +177,9 @@ class NodeProcess:
                     and harness.node.count_publishers(self.topic("label")) > 0)
 
         harness.wait(ready, timeout, f"node {self.fqn} to come up")
+        # Discovery is two-sided: we have seen the node's label publisher, but its writer may not have matched our
+        # reader yet (a label published before that is lost). Give the exchange a moment to finish both ways.
+        time.sleep(1.0)
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():

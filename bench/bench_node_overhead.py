@@ -146,8 +146,7 @@ def main() -> int:
         outputs = render_outputs(labels, rgb, seg.palette, alpha=0.5, num_classes=seg.num_classes,
                                  want_color=True, want_overlay=True, confidence=conf)
         t.append(time.perf_counter())
-        msgs = ({k: numpy_to_image(a, enc, header=rgb_msg.header, msg_type=msg_type) for k, (a, enc) in outputs.items()}
-                if msg_type is StandInImage else to_messages(outputs, rgb_msg.header))
+        msgs = to_messages(outputs, rgb_msg.header, msg_type=msg_type)
         t.append(time.perf_counter())
         if publishers is not None:
             for name, msg in msgs.items():

@@ -12,6 +12,8 @@ publish) and 16-bit or float depth is mapped linearly from ``depth_range`` metre
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,7 +107,13 @@ def _resize(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(t[None], size=size, mode="bilinear", align_corners=False)[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean/std as (3, 1, 1) tensors, made once per device (not a host-to-GPU copy per frame)."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(3, 1, 1))
+
+
 def _normalise(t: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=t.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=t.device).view(3, 1, 1)
+    mean, std = _stats(t.device)
     return (t - mean) / std

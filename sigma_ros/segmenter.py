@@ -68,6 +68,7 @@ class Segmenter:
         self.modality = modality
         self.depth_range = tuple(depth_range)
         self.checkpoint_path = checkpoint_path
+        self.checkpoint_extra: dict = {}  # what the trainer recorded (set by from_checkpoint)
         self.model = model.eval().to(self.device)
         self.fast = fast and self.device.type == "cuda"
         self.compile = compile and self.fast
@@ -77,21 +78,32 @@ class Segmenter:
 
     @classmethod
     def from_checkpoint(cls, path, *, variant: str | None = None, class_config: ClassConfig | str | None = None,
+                        modality: str | None = None, depth_range: tuple[float, float] | None = None,
                         **kw) -> "Segmenter":
-        """Load a checkpoint. Official checkpoints carry no class names: pass ``class_config`` (e.g. 'mfnet')."""
+        """Load a checkpoint. Official checkpoints carry no class names: pass ``class_config`` (e.g. 'mfnet').
+
+        ``modality`` / ``depth_range`` default to what the checkpoint records (``sigma-ros train`` stores them in
+        ``extra``), or for an official checkpoint to the class config's modality; explicit arguments win.
+        """
         classes = load_class_config(class_config) if class_config is not None else None
         ck = load_checkpoint(path, variant=variant, num_classes=classes.num_classes if classes else None)
         names = classes.class_names if classes else ck.class_names
         palette = classes.palette if classes else ck.palette
-        if ck.official:
-            preprocessing = "official"
-            kw.setdefault("modality", classes.modality if classes else "thermal")
-        else:
-            preprocessing = ck.preprocessing or "rgb"
         if names is not None and len(names) != ck.config.num_classes:
             raise CheckpointError(f"{path}: {len(names)} class names for {ck.config.num_classes} model classes")
-        return cls(ck.model, ck.config, class_names=names, palette=palette, preprocessing=preprocessing,
-                   checkpoint_path=str(path), **kw)
+        extra = ck.extra or {}
+        if ck.official:
+            preprocessing = "official"
+            recorded = classes.modality if classes else None
+        else:
+            preprocessing = ck.preprocessing or "rgb"
+            recorded = extra.get("modality")
+        seg = cls(ck.model, ck.config, class_names=names, palette=palette, preprocessing=preprocessing,
+                  modality=modality or recorded or "thermal",
+                  depth_range=tuple(depth_range or extra.get("depth_range") or (0.0, 10.0)),
+                  checkpoint_path=str(path), **kw)
+        seg.checkpoint_extra = extra
+        return seg
 
     # ---------------------------------------------------------------------------------------------------------------
     def _build_forward(self):

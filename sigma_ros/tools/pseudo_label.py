@@ -124,11 +124,12 @@ def _label(args, data: Path, out_dir: Path, datasets) -> int:
     from tqdm import tqdm
 
     from sigma_ros.postprocess import colorize
-    from sigma_ros.training.inference import parse_range, segmenter_from_checkpoint
+    from sigma_ros.segmenter import Segmenter
+    from sigma_ros.tools.common import parse_range
 
-    seg, _ck = segmenter_from_checkpoint(args.checkpoint, class_config=args.config, device=args.device,
-                                         precision=args.precision, modality=args.modality,
-                                         depth_range=parse_range(args.depth_range))
+    seg = Segmenter.from_checkpoint(args.checkpoint, class_config=args.config, device=args.device,
+                                    precision=args.precision, modality=args.modality,
+                                    depth_range=parse_range(args.depth_range))
     if seg.num_classes > 255:
         raise ValueError(f"{seg.num_classes} classes do not fit 8-bit labels with 255 as ignore")
     todo, seen = [], set()

@@ -71,10 +71,6 @@ def decode_image(msg, msgtype: str, topic: str) -> np.ndarray:
         raise BagError(f"topic {topic}: {e}") from None
 
 
-def _stamp(msg) -> int:
-    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-
-
 # ------------------------------------------------------------------------------------------------------------------
 # output
 # ------------------------------------------------------------------------------------------------------------------
@@ -185,10 +181,11 @@ def _run(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from sigma_ros.image_codec import numpy_to_image
+    from sigma_ros.image_codec import header_stamp_ns, numpy_to_image
     from sigma_ros.ros.outputs import render_outputs
     from sigma_ros.sync import ApproximateTimeSync
-    from sigma_ros.training.inference import parse_range, segmenter_from_checkpoint
+    from sigma_ros.segmenter import Segmenter
+    from sigma_ros.tools.common import parse_range
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -212,11 +209,11 @@ def _run(args) -> int:
         in_conns = [c for c in reader.connections if c.topic in (args.rgb_topic, args.x_topic)]
         total = sum(c.msgcount for c in in_conns)
 
-        seg, ck = segmenter_from_checkpoint(args.checkpoint, class_config=args.config, device=args.device,
-                                            precision=args.precision, modality=args.modality,
-                                            depth_range=parse_range(args.depth_range))
-        if (ck.extra or {}).get("blank"):
-            print(f"warning: {args.checkpoint} was trained with the {ck.extra['blank']} input blanked "
+        seg = Segmenter.from_checkpoint(args.checkpoint, class_config=args.config, device=args.device,
+                                        precision=args.precision, modality=args.modality,
+                                        depth_range=parse_range(args.depth_range))
+        if seg.checkpoint_extra.get("blank"):
+            print(f"warning: {args.checkpoint} was trained with the {seg.checkpoint_extra['blank']} input blanked "
                   f"(a modality-ablation model); segment-bag feeds both inputs", file=sys.stderr)
 
         if out.exists():
@@ -251,7 +248,7 @@ def _run(args) -> int:
                     msg = numpy_to_image(arr, enc, header=rgb_msg.header, msg_type=Image)
                     bag_out.write(f"{prefix}/{name}", IMAGE, out_store, log_ns, out_store.serialize_cdr(msg, IMAGE))
                     stats["written"] += 1
-                stamp = _stamp(rgb_msg)
+                stamp = header_stamp_ns(rgb_msg)
                 if png_dir:
                     _write_pngs(png_dir, f"{stats['segmented']:06d}_{stamp}", outs)
                 if video is not None:
@@ -274,7 +271,7 @@ def _run(args) -> int:
                 except Exception as e:
                     raise BagError(f"bag {bag_path}: cannot deserialize a {conn.msgtype} on {conn.topic}: {e}") from None
                 index = 0 if conn.topic == args.rgb_topic else 1
-                match = sync.add(index, _stamp(msg), (msg, conn.msgtype, conn.topic, log_ns))
+                match = sync.add(index, header_stamp_ns(msg), (msg, conn.msgtype, conn.topic, log_ns))
                 if match is None:
                     continue
                 stats["pairs"] += 1

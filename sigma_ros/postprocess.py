@@ -1,7 +1,13 @@
-"""Label maps to pictures: palettes, colour maps, overlays. numpy only (runs per frame in the node)."""
+"""Label maps to pictures: palettes, colour maps, overlays; logits to labels.
+
+Each per-frame function has a numpy version (the CPU path: numba/numpy beat torch there) and a ``*_tensor`` version
+in torch that runs where its tensors are (the GPU path: nothing but the results crosses to the host). Both give the
+same bytes.
+"""
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def voc_palette(n: int) -> np.ndarray:
@@ -14,11 +20,21 @@ def voc_palette(n: int) -> np.ndarray:
     return palette.astype(np.uint8)
 
 
-def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 RGB. Ids beyond the palette (e.g. 255 = ignore) are drawn black."""
+def palette_lut(palette: np.ndarray) -> np.ndarray:
+    """The colour table :func:`colorize` indexes: the palette, then black up to id 255 (e.g. 255 = ignore)."""
     lut = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
     lut[: len(palette)] = palette
-    return np.take(lut, labels, axis=0)  # ~4x faster than fancy indexing
+    return lut
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB. Ids beyond the palette (e.g. 255 = ignore) are drawn black."""
+    return np.take(palette_lut(palette), labels, axis=0)  # ~4x faster than fancy indexing
+
+
+def colorize_tensor(labels: torch.Tensor, lut: torch.Tensor) -> torch.Tensor:
+    """:func:`colorize` in torch: (H, W) int64 ids and a :func:`palette_lut` table on the same device."""
+    return lut[labels]
 
 
 def overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5,
@@ -29,9 +45,21 @@ def overlay(rgb: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: flo
     """
     if rgb.shape[:2] != np.shape(labels):
         raise ValueError(f"image {rgb.shape[:2]} and labels {np.shape(labels)} differ in size")
+    color = colorize(labels, palette) if color is None else color
+    return _blend(rgb.astype(np.uint16), color.astype(np.uint16), alpha).astype(np.uint8)
+
+
+def overlay_tensor(rgb: torch.Tensor, color: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """:func:`overlay` in torch: (H, W, 3) uint8 image and colours (from :func:`colorize_tensor`), same rounding."""
+    if rgb.shape != color.shape:
+        raise ValueError(f"image {tuple(rgb.shape)} and colours {tuple(color.shape)} differ in size")
+    return _blend(rgb.int(), color.int(), alpha).to(torch.uint8)  # int32: torch has no uint16 arithmetic
+
+
+def _blend(rgb, color, alpha: float):
+    """(1 - alpha) * rgb + alpha * color in 8-bit fixed point, rounded; on widened numpy arrays or tensors alike."""
     a = int(round(float(np.clip(alpha, 0.0, 1.0)) * 256))
-    color = (colorize(labels, palette) if color is None else color).astype(np.uint16)
-    return ((rgb.astype(np.uint16) * (256 - a) + color * a + 128) >> 8).astype(np.uint8)
+    return (rgb * (256 - a) + color * a + 128) >> 8
 
 
 def labels_from_scores(scores: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
@@ -46,6 +74,21 @@ def labels_from_scores(scores: np.ndarray, confidence: bool = False) -> tuple[np
     conf = np.empty((h, w) if confidence else (0, 0), np.float32)
     _argmax_kernel()(scores, labels, conf, confidence)
     return labels, (conf if confidence else None)
+
+
+def labels_from_scores_tensor(scores: torch.Tensor, confidence: bool = False
+                              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`labels_from_scores` in torch, on the scores' device: (K, H, W) -> (H, W) int64 [, float32].
+
+    Ties go to the first maximal class, as in the kernel (torch's documented max/argmax rule). The confidence,
+    1 / sum_k exp(s_k - max), is accumulated in float64 like the kernel's. (NaN logits differ: the kernel skips
+    them, torch returns them as the maximum.)
+    """
+    best, labels = scores.max(dim=0)
+    if not confidence:
+        return labels, None
+    total = (scores - best).exp_().sum(dim=0, dtype=torch.float64)
+    return labels, total.reciprocal_().float()
 
 
 _kernel = None

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from .classes import ClassConfig, generic_classes, load_class_config
 from .model import CheckpointError, SigmaConfig, load_checkpoint
 from .ops.selective_scan import describe_backend
-from .postprocess import labels_from_scores
-from .preprocess import MODALITIES, check_profile, preprocess_pair
+from .postprocess import labels_from_scores, labels_from_scores_tensor
+from .preprocess import MODALITIES, check_profile, check_rgb, check_x, pair_inputs, upload
 
 log = logging.getLogger(__name__)
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -24,6 +24,15 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 class Segmentation:
     labels: np.ndarray  # (H, W) int64 class ids at the RGB image's size
     confidence: np.ndarray | None = None  # (H, W) float32 max softmax probability
+
+
+@dataclass
+class DeviceSegmentation:
+    """One frame's results left on the Segmenter's device, to be drawn there (``ros.outputs.render_outputs``)."""
+
+    labels: torch.Tensor  # (H, W) int64 class ids at the RGB image's size
+    rgb: torch.Tensor  # (H, W, 3) uint8: the RGB image as uploaded (for the overlay)
+    confidence: torch.Tensor | None = None  # (H, W) float32
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,9 +131,22 @@ class Segmenter:
 
         return forward
 
+    @property
+    def draws_on_device(self) -> bool:
+        """Whether the node keeps a frame on the device up to the finished outputs (:meth:`segment_on_device`):
+        on a GPU that saves copying logits back; on the CPU the numba/numpy path is the faster one."""
+        return self.device.type == "cuda"
+
+    def upload(self, rgb: np.ndarray, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The camera images onto the device as they are (uint8/16-bit/float: converted there by :meth:`inputs`)."""
+        return upload(check_rgb(rgb), self.device), upload(check_x(x), self.device)
+
+    def inputs(self, rgb: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uploaded images -> normalised network inputs (3, h, w) each, on the device (this model's profile)."""
+        return pair_inputs(rgb, x, self.preprocessing, self.modality, self.depth_range, self.input_size)
+
     def preprocess(self, rgb: np.ndarray, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return preprocess_pair(rgb, x, self.preprocessing, self.modality, self.depth_range, self.input_size,
-                               device=self.device)
+        return self.inputs(*self.upload(rgb, x))
 
     @torch.inference_mode()
     def logits(self, rgb_t: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
@@ -139,18 +161,28 @@ class Segmenter:
 
     def postprocess(self, logits: torch.Tensor, size: tuple[int, int], confidence: bool = False) -> Segmentation:
         """(K, h, w) logits -> labels (and confidence) at ``size`` = the camera image's (H, W)."""
-        if logits.shape[-2:] != tuple(size):  # ran at input_size: bring the scores back to the camera's geometry
-            logits = F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
         if logits.device.type == "cpu":
-            return Segmentation(*labels_from_scores(logits.numpy(), confidence))
-        # on the GPU: reduce there, copy back only (H, W) results
-        if confidence:
-            conf, labels = torch.softmax(logits, dim=0).max(dim=0)
-            return Segmentation(labels.cpu().numpy(), conf.cpu().numpy())
-        return Segmentation(logits.max(dim=0).indices.cpu().numpy())
+            return Segmentation(*labels_from_scores(_at_size(logits, size).numpy(), confidence))
+        labels, conf = self.labels_on_device(logits, size, confidence)  # reduce there, copy back only (H, W)
+        return Segmentation(labels.cpu().numpy(), None if conf is None else conf.cpu().numpy())
+
+    @torch.inference_mode()
+    def labels_on_device(self, logits: torch.Tensor, size: tuple[int, int], confidence: bool = False
+                         ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`postprocess` with the results left on the logits' device (torch; labels_from_scores_tensor)."""
+        return labels_from_scores_tensor(_at_size(logits, size), confidence)
 
     def __call__(self, rgb: np.ndarray, x: np.ndarray, confidence: bool = False) -> Segmentation:
         return self.segment_batch([rgb], [x], confidence)[0]
+
+    @torch.inference_mode()
+    def segment_on_device(self, rgb: np.ndarray, x: np.ndarray, confidence: bool = False) -> DeviceSegmentation:
+        """``self(rgb, x)`` with everything left on the device, nothing waited for (the node's GPU path: the
+        outputs are drawn there and copied back together)."""
+        rgb_u8, x_dev = self.upload(rgb, x)
+        logits = self.logits(*(t[None] for t in self.inputs(rgb_u8, x_dev)))[0]
+        labels, conf = self.labels_on_device(logits, rgb_u8.shape[:2], confidence)
+        return DeviceSegmentation(labels, rgb_u8, conf)
 
     def describe(self) -> dict:
         """What the node reports in its diagnostics."""
@@ -164,3 +196,10 @@ class Segmenter:
             "scan_backend": describe_backend(self.device),
             "fast_path": str(self.fast) + (" (compiled)" if self.compile else ""),
         }
+
+
+def _at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, h, w) scores at the camera image's (H, W) (the model ran at input_size: bilinear, as the labels' geometry)."""
+    if logits.shape[-2:] == tuple(size):
+        return logits
+    return F.interpolate(logits[None], size=tuple(size), mode="bilinear", align_corners=False)[0]

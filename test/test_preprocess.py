@@ -121,3 +121,142 @@ def test_labels_from_scores_equals_torch_argmax_and_softmax():
     assert np.array_equal(labels, ref_labels.numpy()) and labels.dtype == np.int64
     assert np.allclose(conf, ref_conf.numpy(), atol=1e-6)
     assert labels_from_scores(scores)[1] is None
+
+
+# ------------------------------------------------------------------ torch (device) paths: the same bytes as numpy
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def _reference_x(x, profile, modality, depth_range):
+    """The X rules in numpy (the implementation before the torch port), as the oracle."""
+    if x.ndim == 3:
+        r, g, b = (x[..., i].astype(np.uint32) for i in range(3))
+        return ((r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14).astype(np.uint8)
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.uint16:
+        if profile == "official" or modality == "thermal":
+            return (x >> 8).astype(np.uint8)
+        v = x.astype(np.float32) / 1000.0
+    else:
+        v = x.astype(np.float32)
+    lo, hi = depth_range
+    valid = np.isfinite(v) & (v > 0)
+    scaled = np.clip((np.where(valid, v, lo) - lo) * (255.0 / (hi - lo)), 0, 255)
+    return np.where(valid, np.rint(scaled), 0).astype(np.uint8)
+
+
+def _reference_inputs(rgb, x, profile, modality, depth_range, size):
+    """The CPU preprocessing before the device port: /255, BGR flip, resize, then normalise (float32 ops)."""
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    r = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float().div_(255)
+    g = torch.from_numpy(_reference_x(x, profile, modality, depth_range).copy())[None].float().div_(255)
+    if profile == "official":
+        r = r.flip(0)
+    target = rgb.shape[:2] if size is None else (size[1], size[0])
+
+    def resize(t):
+        if tuple(t.shape[-2:]) == tuple(target):
+            return t
+        return torch.nn.functional.interpolate(t[None], size=target, mode="bilinear", align_corners=False)[0]
+
+    return (resize(r) - mean) / std, (resize(g).expand(3, -1, -1) - mean) / std
+
+
+def _x_images(rng, h, w):
+    depth = (rng.standard_normal((h, w)) * 6 + 4).astype(np.float32)
+    depth.flat[:6] = [np.nan, np.inf, -np.inf, 0.0, -1.0, 5.0]
+    return {"mono8": rng.integers(0, 256, (h, w), dtype=np.uint8),
+            "mono16": rng.integers(0, 65536, (h, w), dtype=np.uint16),
+            "mono16_small": rng.integers(0, 65536, (h // 2, w // 3), dtype=np.uint16),
+            "depth32": depth, "depth64": depth.astype(np.float64) + 1e-9,
+            "rgb8": rng.integers(0, 256, (h, w, 3), dtype=np.uint8),
+            "rgba8": rng.integers(0, 256, (h, w, 4), dtype=np.uint8)}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("profile", ["official", "rgb"])
+@pytest.mark.parametrize("modality", ["thermal", "depth"])
+def test_preprocess_on_any_device_matches_the_numpy_rules_bit_for_bit(device, profile, modality):
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (36, 54, 3), dtype=np.uint8)
+    for depth_range in ((0.0, 10.0), (0.3, 7.7)):
+        for size in (None, (40, 30)):
+            for name, x in _x_images(rng, 36, 54).items():
+                got = preprocess_pair(rgb, x, profile, modality, depth_range, size, device=device)
+                want = _reference_inputs(rgb, x, profile, modality, depth_range, size)
+                for g, w in zip(got, want):
+                    assert g.device.type == device and g.dtype == torch.float32 and g.shape == w.shape
+                    # bilinear resizing may round differently on a GPU; everything else is exact there too
+                    exact = device == "cpu" or (size is None and x.shape[:2] == rgb.shape[:2])
+                    g = g.cpu()
+                    assert torch.equal(g, w) if exact else torch.allclose(g, w, atol=1e-5), \
+                        (name, depth_range, size, (g - w).abs().max())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_x_to_uint8_tensor_on_every_16bit_value(device):
+    from sigma_ros.preprocess import upload, x_to_uint8_tensor
+
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    for profile, modality, depth_range in (("official", "depth", (0.0, 10.0)), ("rgb", "thermal", (0.0, 10.0)),
+                                           ("rgb", "depth", (0.0, 10.0)), ("rgb", "depth", (0.3, 7.7))):
+        got = x_to_uint8_tensor(upload(every, device), profile, modality, depth_range).cpu().numpy()
+        assert np.array_equal(got, _reference_x(every, profile, modality, depth_range)), (profile, modality)
+    assert np.array_equal(x_to_uint8(every), every >> 8)  # the numpy entry point runs the same code
+
+
+def _tied_scores(rng, k, h, w):
+    """Logits with many exact ties between classes, plus ordinary floats."""
+    scores = rng.integers(0, 3, (k, h, w)).astype(np.float32)
+    scores[:, : h // 2] = rng.standard_normal((k, h // 2, w)).astype(np.float32) * 4
+    return scores
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_labels_from_scores_tensor_equals_the_numba_kernel(device):
+    from sigma_ros.postprocess import labels_from_scores, labels_from_scores_tensor
+
+    rng = np.random.default_rng(4)
+    for k in (1, 2, 9, 40):
+        scores = _tied_scores(rng, k, 31, 47)
+        labels, conf = labels_from_scores(scores, confidence=True)
+        t_labels, t_conf = labels_from_scores_tensor(torch.from_numpy(scores).to(device), confidence=True)
+        assert t_labels.dtype == torch.int64 and t_conf.dtype == torch.float32
+        assert np.array_equal(t_labels.cpu().numpy(), labels), k  # ties: the first maximal class, like the kernel
+        assert np.abs(t_conf.cpu().numpy() - conf).max() <= 1e-6
+        assert labels_from_scores_tensor(torch.from_numpy(scores).to(device))[1] is None
+    assert (labels_from_scores(_tied_scores(rng, 3, 8, 8))[0] == 0).any()  # ties were really there
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_colorize_and_overlay_tensor_equal_numpy(device):
+    from sigma_ros.postprocess import colorize_tensor, overlay_tensor, palette_lut
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 300, (29, 37))
+    labels[0, :3] = [255, 299, 0]
+    rgb = rng.integers(0, 256, (29, 37, 3), dtype=np.uint8)
+    for pal in (voc_palette(9), voc_palette(300)):  # ids beyond a 9-colour palette (up to 255) are drawn black
+        ids = labels % len(palette_lut(pal))
+        lut = torch.from_numpy(palette_lut(pal)).to(device)
+        color = colorize_tensor(torch.from_numpy(ids).to(device), lut)
+        assert np.array_equal(color.cpu().numpy(), colorize(ids, pal))
+        for alpha in (0.0, 0.3, 0.5, 0.77, 1.0, 1.5):
+            got = overlay_tensor(torch.from_numpy(rgb).to(device), color, alpha).cpu().numpy()
+            assert got.dtype == np.uint8 and np.array_equal(got, overlay(rgb, ids, pal, alpha)), alpha
+
+
+def test_segment_on_device_gives_the_cpu_path_results(micro_checkpoint):
+    rng = np.random.default_rng(6)
+    rgb = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    thermal = rng.integers(0, 65536, (25, 35), dtype=np.uint16)
+    for kw in ({}, {"input_size": (64, 48)}):
+        seg = Segmenter.from_checkpoint(micro_checkpoint, device="cpu", **kw)
+        assert not seg.draws_on_device  # the node keeps the numba path on the CPU
+        want = seg(rgb, thermal, confidence=True)
+        got = seg.segment_on_device(rgb, thermal, confidence=True)
+        assert np.array_equal(got.rgb.numpy(), rgb) and got.labels.shape == (50, 70)
+        assert np.array_equal(got.labels.numpy(), want.labels)
+        assert np.abs(got.confidence.numpy() - want.confidence).max() <= 1e-6
+        assert seg.segment_on_device(rgb, thermal).confidence is None

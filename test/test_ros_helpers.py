@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from sigma_ros.postprocess import colorize, overlay, voc_palette
 from sigma_ros.ros import diagnostics
@@ -169,6 +170,30 @@ def test_labels_above_256_classes_are_16bit():
     arr, enc = out["label"]
     assert enc == "16UC1" and arr.dtype == np.uint16 and arr.tolist() == [[0, 299], [256, 1]]
     np.testing.assert_array_equal(out["color"][0][0, 1], voc_palette(300)[299])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU"))])
+@pytest.mark.parametrize("num_classes", [9, 300, 65536])
+def test_render_outputs_from_device_tensors_gives_the_numpy_bytes(device, num_classes):
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, num_classes, (6, 8))
+    labels[0, 0] = num_classes - 1  # above 32767 for 65536 classes: the int16 transport must keep the bits
+    rgb = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    conf = rng.random((6, 8)).astype(np.float32)
+    pal = voc_palette(min(num_classes, 300))
+    for want_color, want_overlay, with_conf in ((True, True, True), (False, True, False), (True, False, False),
+                                                (False, False, True)):
+        kw = dict(alpha=0.3, num_classes=num_classes, want_color=want_color, want_overlay=want_overlay)
+        if num_classes > len(pal) and (want_color or want_overlay):
+            continue  # ids without a colour cannot be drawn (numpy raises as well)
+        want = render_outputs(labels, rgb, pal, confidence=conf if with_conf else None, **kw)
+        got = render_outputs(torch.from_numpy(labels).to(device), torch.from_numpy(rgb).to(device), pal,
+                             confidence=torch.from_numpy(conf).to(device) if with_conf else None, **kw)
+        assert list(got) == list(want)  # the same outputs, only those asked for
+        for name, (arr, enc) in want.items():
+            assert got[name][1] == enc and isinstance(got[name][0], np.ndarray)
+            assert got[name][0].dtype == arr.dtype and np.array_equal(got[name][0], arr), name
 
 
 def test_to_messages_builds_images_with_the_rgb_header():

@@ -262,14 +262,19 @@ class SegmentationNode(Node):
     def _process(self, frame: Frame) -> None:
         t0 = time.monotonic()
         want = {name: pub.get_subscription_count() > 0 for name, pub in self._pubs.items()}
-        seg = self.segmenter(frame.rgb, frame.x, confidence=want.get("confidence", False))
+        if self.segmenter.draws_on_device:  # GPU: the frame stays there until the finished outputs are copied back
+            seg = self.segmenter.segment_on_device(frame.rgb, frame.x, confidence=want.get("confidence", False))
+            image = seg.rgb
+        else:
+            seg = self.segmenter(frame.rgb, frame.x, confidence=want.get("confidence", False))
+            image = frame.rgb
         if self.settings.inference_delay > 0:
             time.sleep(self.settings.inference_delay)  # test aid: emulate a slow model
-        t1 = time.monotonic()
         outputs = render_outputs(
-            seg.labels, frame.rgb, self.segmenter.palette, alpha=self._alpha, num_classes=self.segmenter.num_classes,
+            seg.labels, image, self.segmenter.palette, alpha=self._alpha, num_classes=self.segmenter.num_classes,
             want_color=want["color"], want_overlay=want["overlay"],
             confidence=seg.confidence if want.get("confidence") else None)
+        t1 = time.monotonic()  # inference up to the output arrays: on a GPU the work is only done by then
         for name, msg in to_messages(outputs, frame.header).items():
             self._pubs[name].publish(msg)
         done = time.monotonic()

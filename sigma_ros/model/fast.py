@@ -4,6 +4,10 @@ At batch 1 the eager model is launch-bound (about 2,000 small kernels per frame)
 per input shape and replaying it removes the launch overhead. The graph owns static input/output buffers; callers
 get a copy of the output.
 
+Scans go through one fused Triton kernel per call (``ops.triton_scan``: reversed directions read in place, each
+sequence's directions summed in the kernel) when Triton is available; ``fused_scan=False`` keeps mamba-ssm's kernel
+on flipped copies.
+
 ``compile=True`` additionally runs the model through ``torch.compile`` (Inductor fuses the LayerNorms, casts,
 gating and cross-scan copies between the scans) with the selective scan as an opaque custom op, so the whole
 forward is one graph. Compilation takes minutes on first use (cached on disk afterwards), hence opt-in.
@@ -14,8 +18,9 @@ import logging
 
 import torch
 
+from ..ops import triton_scan
 from ..ops.selective_scan import selective_scan as ops_selective_scan
-from .sigma import low_precision_scan_inputs, scan_implementation
+from .sigma import fused_scans, low_precision_scan_inputs, scan_implementation
 
 log = logging.getLogger(__name__)
 
@@ -36,16 +41,20 @@ def _scan_as_op(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False
     return _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
-def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False):
+def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False,
+                       fused_scan: bool | None = None):
+    """``forward(rgb, x) -> logits`` (float32) on the fast path; ``fused_scan=None`` uses the Triton scan if present."""
     graphs: dict[tuple, tuple] = {}
     low = dtype != torch.float32
     scan = _scan_as_op if compile else ops_selective_scan
+    fused = triton_scan.triton_available() if fused_scan is None else fused_scan
+    log.info("fast path: %s, scans: %s", dtype, "fused Triton kernel" if fused else "mamba-ssm on flipped copies")
 
     def run(rgb, x):
         # cuDNN convolutions default to TF32 (~1e-3 error); fp32 means fp32 here, so the golden parity holds.
         with torch.autocast("cuda", dtype=dtype, enabled=low), low_precision_scan_inputs(low), \
                 torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=low), \
-                scan_implementation(scan):
+                scan_implementation(scan), fused_scans(fused):
             return model(rgb, x).float()
 
     eager = torch.compile(run, dynamic=False, fullgraph=False) if compile else run

@@ -61,6 +61,52 @@ def scan_implementation(fn):
         _scan_impl = previous
 
 
+# The GPU fast path switches inference scans to one Triton kernel per call (``ops.triton_scan``): it reads reversed
+# directions in place and sums each sequence's directions itself, so no flipped copies are made.
+_fused_scans = False
+
+
+@contextlib.contextmanager
+def fused_scans(enabled: bool = True):
+    global _fused_scans
+    previous, _fused_scans = _fused_scans, enabled
+    try:
+        yield
+    finally:
+        _fused_scans = previous
+
+
+def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool) -> torch.Tensor:
+    """Scan each base sequence of u in its directions and sum the outputs per sequence.
+
+    u (batch, G, dim, L); delta (batch, K, dim, L), B and C (batch, K, N, L) in base order; A (K*dim, N);
+    D, delta_bias (K*dim,). K = G, or 2G when ``bidirectional`` (direction k >= G scans u[:, k - G] reversed).
+    Returns (batch, G, dim, L).
+    """
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, B, C, A, D, delta_bias))
+    if _fused_scans and not needs_grad:
+        from ..ops import triton_scan
+
+        if triton_scan.runs_on(u):
+            return triton_scan.scan_directions_op(u, delta, A, B, C, D, delta_bias, bidirectional)
+    b, g, d, seq_len = u.shape
+    k = delta.shape[1]
+    if bidirectional:  # materialise the reversed directions for a one-direction kernel
+        u = torch.cat([u, u.flip(-1)], dim=1)
+        delta, B, C = (torch.cat([t[:, :g], t[:, g:].flip(-1)], dim=1) for t in (delta, B, C))
+    ys = selective_scan(
+        _scan_input(u.reshape(b, k * d, seq_len).to(delta.dtype)),  # under autocast delta is bf16, u may be fp32
+        _scan_input(delta.reshape(b, k * d, seq_len)),
+        A,
+        _scan_input(B).contiguous(),  # grouped: direction k drives channels k*dim .. (k+1)*dim-1
+        _scan_input(C).contiguous(),
+        D,
+        delta_bias=delta_bias,
+        delta_softplus=True,
+    ).view(b, k, d, seq_len)
+    return ys[:, :g] + ys[:, g:].flip(-1) if bidirectional else ys
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Small building blocks
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,24 +160,19 @@ class SSMParams(nn.Module):
         self.A_logs = nn.Parameter(_a_log_init(d_state, d_inner).repeat(k, 1))
         self.Ds = nn.Parameter(torch.ones(k * d_inner))
 
-    def _scan(self, xs: torch.Tensor) -> torch.Tensor:
-        """Selective scan of K directions at once. xs: (B, K, D, L) -> ys: (B, K, D, L), float32."""
-        b, k, d, seq_len = xs.shape
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+    def _scan(self, u: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+        """Scan G base sequences in K directions. u: (B, G, D, L) -> (B, G, D, L), summed over each one's directions.
+
+        Direction k = r * G + g scans u[:, g], reversed when r = 1 (K = 2G). The projections are per position, so
+        they run on the base order; the scan reads reversed directions backwards (see :func:`scan_directions`).
+        """
+        b, g, d, seq_len = u.shape
+        weight = self.x_proj_weight.view(self.K // g, g, -1, d)
+        x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        dtype = dts.dtype  # under autocast einsum gives bf16/fp16 while xs may still be fp32
-        ys = selective_scan(
-            _scan_input(xs.reshape(b, k * d, seq_len).to(dtype)),
-            _scan_input(dts.reshape(b, k * d, seq_len)),
-            -torch.exp(self.A_logs.float()),
-            _scan_input(bs).contiguous(),  # grouped: direction k drives channels k*D .. (k+1)*D-1
-            _scan_input(cs).contiguous(),
-            self.Ds.float(),
-            delta_bias=self.dt_projs_bias.reshape(-1).float(),
-            delta_softplus=True,
-        )
-        return ys.view(b, k, d, seq_len)
+        return scan_directions(u, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
+                               self.dt_projs_bias.reshape(-1).float(), bidirectional)
 
 
 def _dt_init(dt_rank: int, d_inner: int, dt_min=1e-3, dt_max=0.1, floor=1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,13 +215,9 @@ class SS2D(SSMParams):
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """Scan row-major, column-major and both reversed; merge back. (B, D, H, W) -> (B, H, W, D)."""
         b, d, h, w = x.shape
-        xs = torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1)
-        xs = torch.cat([xs, xs.flip(-1)], dim=1)  # (B, 4, D, L)
-        ys = self._scan(xs)
-        y_row = ys[:, 0] + ys[:, 2].flip(-1)
-        y_col = (ys[:, 1] + ys[:, 3].flip(-1)).view(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
-        y = (y_row + y_col).transpose(1, 2).reshape(b, h, w, d)
-        return self.out_norm(y).to(x.dtype)
+        ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
+        y = ys[:, 0] + ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
+        return self.out_norm(y.transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
 
 
 class VSSBlock(nn.Module):
@@ -286,16 +323,15 @@ class CrossMambaSSM(nn.Module):
         x_dbl = getattr(self, f"x_proj_{i}")(u.transpose(1, 2))  # (B, L, R+2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = dt @ getattr(self, f"dt_proj_{i}").weight.t()
-        return dt.transpose(1, 2), b.transpose(1, 2).contiguous(), c.transpose(1, 2).contiguous()
+        return dt.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2)
 
     def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each
         dt_r, b_r, c_r = self._project(u_rgb, 1)
         dt_x, b_x, c_x = self._project(u_x, 2)
-        f, dtype = _scan_input, dt_r.dtype
-        y_r = selective_scan(f(u_rgb.to(dtype)), f(dt_r), -torch.exp(self.A_log_1.float()), f(b_r), f(c_x),
-                             self.D_1.float(), delta_bias=self.dt_proj_1.bias.float(), delta_softplus=True)
-        y_x = selective_scan(f(u_x.to(dtype)), f(dt_x), -torch.exp(self.A_log_2.float()), f(b_x), f(c_r),
-                             self.D_2.float(), delta_bias=self.dt_proj_2.bias.float(), delta_softplus=True)
+        y_r = scan_directions(u_rgb[:, None], dt_r[:, None], -torch.exp(self.A_log_1.float()), b_r[:, None],
+                              c_x[:, None], self.D_1.float(), self.dt_proj_1.bias.float(), False)[:, 0]
+        y_x = scan_directions(u_x[:, None], dt_x[:, None], -torch.exp(self.A_log_2.float()), b_x[:, None],
+                              c_r[:, None], self.D_2.float(), self.dt_proj_2.bias.float(), False)[:, 0]
         return self.out_norm_1(y_r.transpose(1, 2)), self.out_norm_2(y_x.transpose(1, 2))
 
 
@@ -352,8 +388,7 @@ class ConcatMambaFusion(SSMParams):
         p_r = self.in_proj(rgb).permute(0, 3, 1, 2)  # (B, D, H, W), before the conv: feeds the SE gate
         p_x = self.in_proj_modalx(x).permute(0, 3, 1, 2)
         seq = torch.cat([F.silu(self.conv2d(p_r)).flatten(2), F.silu(self.conv2d_modalx(p_x)).flatten(2)], dim=2)
-        ys = self._scan(torch.stack([seq, seq.flip(-1)], dim=1))  # (B, 2, D, 2L)
-        y = ys[:, 0] + ys[:, 1].flip(-1)
+        y = self._scan(seq[:, None], bidirectional=True)[:, 0]  # (B, D, 2L): forwards + reversed
         d, n = y.shape[1], h * w
         y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
         y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)

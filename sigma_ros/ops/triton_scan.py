@@ -1,0 +1,235 @@
+"""Multi-direction selective scan in one Triton kernel (inference).
+
+Sigma scans each feature map in several orders and sums the outputs: SS2D row-major, column-major and both
+reversed; ConMB the concatenated sequence forwards and reversed; CroMB one order. The generic path materialises
+each order as a copy (cat + flip), hands mamba-ssm's kernel the 4x-expanded tensors and flips the outputs back.
+This kernel instead
+
+- reads a reversed direction in place, walking the base sequence from its end,
+- loads B and C once for a block of channels (mamba-ssm reloads them for every channel),
+- takes bf16/fp16/fp32 inputs straight from the projections (B and C may be strided views of one tensor) and keeps
+  softplus, exp and the recurrence in fp32,
+- adds a reversed direction's output onto its forward twin: at most two addends on a zeroed buffer, so the sum is
+  exact and independent of their order.
+
+Each thread owns one channel and keeps its N states in registers, stepping through the sequence; the loads of
+a group of steps do not depend on the state and are issued together, ahead of the steps' arithmetic. A sequence too long for the
+GPU to fill with channels alone is cut into segments scanned in parallel: a first pass records each segment's
+end state (from zero) and summed dt; the second folds those into each segment's entering state, then scans it
+again writing outputs.
+
+Interface (``scan_directions``):
+    u      (batch, G, dim, L)   the G base sequences
+    delta  (batch, K, dim, L)   per direction, indexed in base order (not reversed)
+    A      (K * dim, N) float32 (negative; -exp(A_log))
+    B, C   (batch, K, N, L)     per direction, base order; any strides with the last one 1
+    D, delta_bias (K * dim,)    float32
+    K = G, or K = 2G with ``bidirectional``: direction k < G scans u[:, k] forwards, k >= G scans u[:, k - G]
+    reversed. Returns (batch, G, dim, L) float32: for each base sequence, the sum of its directions' outputs
+    (each y = <C, h> + D * u, mamba-ssm semantics with delta_softplus=True).
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+
+import torch
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - exercised on machines without triton
+    triton = None
+
+__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "pick_config"]
+
+LOG2E = 1.4426950408889634
+
+
+def triton_available() -> bool:
+    return triton is not None
+
+
+def runs_on(t: torch.Tensor) -> bool:
+    """Whether the kernel can take this tensor: CUDA, or any device under Triton's CPU interpreter (tests)."""
+    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, offs_n,
+                     mask_d):
+        """Loads of one step (none depend on the state, so a group of steps can be in flight together)."""
+        pos = tl.where(reverse, L - 1 - t, t)
+        # per-element masks (Triton's interpreter, which the tests use, rejects a scalar mask)
+        valid = (offs_d * 0 + t) < t_end
+        valid_n = (offs_n * 0 + t) < t_end
+        u = tl.load(u_rows + pos * su_l, mask=mask_d & valid, other=0.0).to(tl.float32)
+        dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d & valid, other=0.0).to(tl.float32)
+        b = tl.load(b_col + pos * sb_l, mask=valid_n, other=0.0).to(tl.float32)
+        c = tl.load(c_col + pos * sc_l, mask=valid_n, other=0.0).to(tl.float32)
+        return pos, valid, u, dt, b, c
+
+    @triton.jit
+    def _step(h, a, bias, u, dt, b, valid):
+        """h_t = exp(dt A) h_{t-1} + dt B u; a step past the segment's end (valid = False) leaves h as it is."""
+        dt = dt + bias
+        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)  # softplus, as mamba-ssm's kernel
+        dt = tl.where(valid, dt, 0.0)
+        return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
+
+    @triton.jit
+    def _emit(y_rows, sy_l, pos, valid, mask_d, h, c, dskip, u, ACCUMULATE: tl.constexpr):
+        y = tl.sum(h * c[:, None], axis=0) + dskip * u
+        if ACCUMULATE:
+            tl.atomic_add(y_rows + pos * sy_l, y, mask=mask_d & valid, sem="relaxed")
+        else:
+            tl.store(y_rows + pos * sy_l, y, mask=mask_d & valid)
+
+    @triton.jit
+    def _scan_directions_kernel(
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, y_ptr, h_seg_ptr, dt_seg_ptr,
+        L, D, K, SEG, SEGMENTS,
+        su_b, su_g, su_d, su_l,
+        sdt_b, sdt_k, sdt_d, sdt_l,
+        sb_b, sb_k, sb_n, sb_l,
+        sc_b, sc_k, sc_n, sc_l,
+        sy_b, sy_g, sy_d, sy_l,
+        G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+    ):
+        """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
+
+        OUTPUT=False (first pass, every segment but the last): the segment's end state from a zero start and its
+        summed dt, which together carry a state across the segment. OUTPUT=True: fold the earlier segments into the
+        entering state, then scan the segment and write y. Steps go in groups of 4 whose loads are issued first.
+        """
+        pid_bk = tl.program_id(0)
+        seg = tl.program_id(2)
+        batch = pid_bk // K
+        k = pid_bk % K
+        g = k % G
+        reverse = k >= G
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, N)
+        mask_d = offs_d < D
+        channel = k * D + offs_d
+        # (N, BLOCK_D) tiles: channels across the threads, a channel's N states inside one thread (in-thread sums)
+        # A arrives transposed, (N, K*D): loads contiguous along channels keep Triton's layout channel-major
+        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        a = a * 1.4426950408889634
+        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
+        dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
+        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
+        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
+        c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
+        y_rows = y_ptr + batch * sy_b + g * sy_g + offs_d * sy_d
+        first_seg = pid_bk * SEGMENTS  # into the (B*K, segments, N, D) and (B*K, segments, D) summaries
+
+        h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+        dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if OUTPUT:
+            for j in range(0, seg):  # state entering this segment, from the first pass's segment summaries
+                h_j = tl.load(h_seg_ptr + ((first_seg + j) * N + offs_n[:, None]) * D + offs_d[None, :],
+                              mask=mask_d[None, :], other=0.0)
+                dt_j = tl.load(dt_seg_ptr + (first_seg + j) * D + offs_d, mask=mask_d, other=0.0)
+                h = tl.exp2(dt_j[None, :] * a) * h + h_j
+        t_end = tl.minimum(seg * SEG + SEG, L)
+        for t in range(seg * SEG, t_end, 4):
+            p0, v0, u0, d0, b0, c0 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t,
+                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
+            p1, v1, u1, d1, b1, c1 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 1,
+                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
+            p2, v2, u2, d2, b2, c2 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2,
+                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
+            p3, v3, u3, d3, b3, c3 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 3,
+                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
+            h, d0 = _step(h, a, bias, u0, d0, b0, v0)
+            if OUTPUT:
+                _emit(y_rows, sy_l, p0, v0, mask_d, h, c0, dskip, u0, ACCUMULATE)
+            h, d1 = _step(h, a, bias, u1, d1, b1, v1)
+            if OUTPUT:
+                _emit(y_rows, sy_l, p1, v1, mask_d, h, c1, dskip, u1, ACCUMULATE)
+            h, d2 = _step(h, a, bias, u2, d2, b2, v2)
+            if OUTPUT:
+                _emit(y_rows, sy_l, p2, v2, mask_d, h, c2, dskip, u2, ACCUMULATE)
+            h, d3 = _step(h, a, bias, u3, d3, b3, v3)
+            if OUTPUT:
+                _emit(y_rows, sy_l, p3, v3, mask_d, h, c3, dskip, u3, ACCUMULATE)
+            else:
+                dt_sum += d0 + d1 + d2 + d3
+        if not OUTPUT:
+            tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
+                     mask=mask_d[None, :])
+            tl.store(dt_seg_ptr + (first_seg + seg) * D + offs_d, dt_sum, mask=mask_d)
+
+
+@functools.lru_cache(maxsize=None)
+def _multiprocessors(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int]:
+    """(BLOCK_D, segments, num_warps): 32 channels a warp (one a thread), and the sequence cut into segments until
+    there are about 48 warps per multiprocessor (at most 32 segments, none shorter than 128 steps)."""
+    block_d, num_warps = 32, 1
+    sms = _multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 132
+    warps = batch_dirs * math.ceil(dim / block_d) * num_warps
+    segments = max(1, min(32, math.ceil(48 * sms / warps), seq_len // 128))
+    return block_d, segments, num_warps
+
+
+def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                    D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
+                    config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """See the module docstring. Any strides work (channels-first or channels-last). ``config`` overrides
+    (BLOCK_D, segments, num_warps)."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    batch, groups, dim, seq_len = u.shape
+    k_dirs = delta.shape[1]
+    d_state = A.shape[1]
+    if k_dirs != (2 * groups if bidirectional else groups):
+        raise ValueError(f"{k_dirs} directions for {groups} sequences (bidirectional={bidirectional})")
+    if delta.shape != (batch, k_dirs, dim, seq_len) or B.shape != (batch, k_dirs, d_state, seq_len) \
+            or C.shape != B.shape or A.shape != (k_dirs * dim, d_state):
+        raise ValueError(f"shape mismatch: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
+                         f"B {tuple(B.shape)}, C {tuple(C.shape)}")
+    if d_state & (d_state - 1):
+        raise ValueError(f"d_state must be a power of two for this kernel, got {d_state}")
+    A_t = A.float().t().contiguous()  # (N, K*D)
+    D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
+    y = (torch.zeros if bidirectional else torch.empty)((batch, groups, dim, seq_len), device=u.device,
+                                                        dtype=torch.float32)
+    block_d, segments, num_warps = config or pick_config(batch * k_dirs, dim, seq_len, d_state)
+    segments = max(1, min(segments, seq_len))
+    seg_len = math.ceil(seq_len / segments)
+    segments = math.ceil(seq_len / seg_len)
+    h_seg = torch.empty((batch * k_dirs, segments, d_state, dim), device=u.device, dtype=torch.float32)
+    dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
+    args = (
+        u, delta, A_t, B, C, D, delta_bias, y, h_seg, dt_seg,
+        seq_len, dim, k_dirs, seg_len, segments,
+        *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
+    )
+    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, BLOCK_D=block_d, num_warps=num_warps)
+    d_blocks = math.ceil(dim / block_d)
+    if segments > 1:  # the last segment's summary is never needed
+        _scan_directions_kernel[(batch * k_dirs, d_blocks, segments - 1)](*args, OUTPUT=False, **meta)
+    _scan_directions_kernel[(batch * k_dirs, d_blocks, segments)](*args, OUTPUT=True, **meta)
+    return y
+
+
+@torch.library.custom_op("sigma_ros::scan_directions", mutates_args=())
+def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    """:func:`scan_directions` as an opaque op, so torch.compile keeps it in one graph without tracing Triton."""
+    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional)
+
+
+@scan_directions_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, bidirectional):
+    return u.new_empty(u.shape, dtype=torch.float32)

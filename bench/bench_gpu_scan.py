@@ -6,7 +6,7 @@ Records every scan call a batch-1 forward makes (shape, directions, d_state), th
 unfused path (cat/flip copies + mamba-ssm's kernel + flip back, as the model ran before the fused kernel) and the
 fused kernel on random bf16 inputs of that shape, each replayed as a CUDA graph. Reports the error of the fused
 kernel against the unfused fp32 path, and per forward the summed scan time of both. ``--sweep`` also times a grid
-of (BLOCK_D, segments, num_warps) per call to tune ``ops.triton_scan.pick_config``. ``--golden`` checks the
+of (BLOCK_D, segments, num_warps, steps) per call to tune ``ops.triton_scan.pick_config``. ``--golden`` checks the
 authors' golden case A through the fast fp32 path with fused scans.
 """
 from __future__ import annotations
@@ -79,6 +79,11 @@ def make_inputs(shape, k, n, dtype, dev, seed=0):
             0.5 * rand(k * d))
 
 
+def pick_segments(batch_dirs: int, dim: int, block_d: int) -> int:
+    warps = batch_dirs * -(-dim // block_d)
+    return max(1, min(64, -(-48 * torch.cuda.get_device_properties(0).multi_processor_count // warps)))
+
+
 def channels_last(inputs):
     """The same values stored (batch, ..., L, dim/N): the layout channels-last activations give."""
     return [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 4 else t for t in inputs]
@@ -127,7 +132,7 @@ def main() -> int:
     del model
     total_unfused = total_fused = total_best = 0.0
     print(f"\n{'u shape':22} {'K':>2} {'N':>2} {'calls':>5} {'unfused':>9} {'fused':>9} {'ch-last':>9} {'rel err':>8}  "
-          "config (BLOCK_D, segments, warps)")
+          "config (BLOCK_D, segments, warps, steps)")
     deadline = time.perf_counter() + args.sweep_budget_s
     for (shape, k, n, bidirectional), count in sorted(calls.items(), key=lambda c: -np.prod(c[0][0]) * c[0][2]):
         inputs = make_inputs(shape, k, n, torch.bfloat16, dev)
@@ -145,14 +150,13 @@ def main() -> int:
                "fused_rel_err": err, "config": config}
         if args.sweep and time.perf_counter() < deadline:
             best = (t_fused, config)
-            for (bd, nw), segments in itertools.product(((16, 1), (32, 1), (64, 2), (128, 4)), sorted(
-                    {max(1, config[1] // 2), config[1], min(128, 2 * config[1], max(1, shape[3] // 64))})):
-                if bd > 2 * shape[2]:
-                    continue
-                with torch.inference_mode():
-                    t = graph_ms(lambda: triton_scan.scan_directions(*inputs, bidirectional, config=(bd, segments, nw)),
-                                 iters=20)
-                best = min(best, (t, (bd, segments, nw)))
+            for bd, steps in itertools.product((8, 16, 32), (1, 2)):
+                segs = pick_segments(shape[0] * k, shape[2], bd)
+                for segments in sorted({max(1, segs // 2), segs, min(128, 2 * segs, max(1, shape[3] // 16))}):
+                    with torch.inference_mode():
+                        t = graph_ms(lambda: triton_scan.scan_directions(
+                            *inputs, bidirectional, config=(bd, segments, 1, steps)), iters=20)
+                    best = min(best, (t, (bd, segments, 1, steps)))
             row["best_ms"], row["best_config"] = best
             total_best += count * best[0]
         else:

@@ -37,10 +37,10 @@ def _inputs(g, batch, groups, bidirectional, dim, seq_len, d_state, dt_rank=3, d
 
 
 @pytest.mark.parametrize("groups,bidirectional,dim,seq_len,d_state,config", [
-    (2, True, 6, 37, 16, (4, 3, 1)),    # SS2D: 2 base orders x forwards/reversed; ragged D block, 3 segments
-    (1, True, 5, 50, 4, (2, 7, 2)),     # ConMB: one sequence forwards + reversed
-    (1, False, 3, 20, 4, (4, 1, 1)),    # CroMB: one direction, plain store, one segment
-    (2, True, 4, 9, 8, None),           # L shorter than a chunk, default config
+    (2, True, 6, 37, 16, (4, 3, 1, 2)),  # SS2D: 2 base orders x forwards/reversed; ragged D block, 3 segments
+    (1, True, 5, 50, 4, (2, 7, 1, 1)),  # ConMB: one sequence forwards + reversed
+    (1, False, 3, 20, 4, (4, 1, 1, 2)),  # CroMB: one direction, plain store, one segment
+    (2, True, 4, 9, 8, None),            # a 9-step sequence, default config
 ])
 def test_fused_scan_equals_flipped_copies(interpreted, groups, bidirectional, dim, seq_len, d_state, config):
     g = torch.Generator().manual_seed(seq_len)
@@ -58,15 +58,15 @@ def test_fused_scan_reads_channels_last_inputs(interpreted):
     args = _inputs(g, 1, 2, True, 6, 30, 4)
     last = [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 4 else t for t in args]
     assert last[0].stride(-1) != 1 and last[3].stride(-1) != 1
-    expected = interpreted.scan_directions(*args, True, config=(4, 3, 1))
-    assert torch.equal(interpreted.scan_directions(*last, True, config=(4, 3, 1)), expected)
+    expected = interpreted.scan_directions(*args, True, config=(4, 3, 1, 1))
+    assert torch.equal(interpreted.scan_directions(*last, True, config=(4, 3, 1, 1)), expected)
 
 
 def test_fused_scan_takes_half_precision_inputs(interpreted):
     g = torch.Generator().manual_seed(1)
     args = _inputs(g, 1, 2, True, 4, 40, 16, dtype=torch.bfloat16)
     u = args[0].to(torch.bfloat16)
-    fused = interpreted.scan_directions(u, *args[1:], True, config=(2, 4, 1))
+    fused = interpreted.scan_directions(u, *args[1:], True, config=(2, 4, 1, 2))
     unfused = scan_directions(u.float(), *(t.float() for t in args[1:]), True)
     assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5  # same bf16 values, fp32 math
 

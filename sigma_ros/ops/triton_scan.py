@@ -98,13 +98,14 @@ if triton is not None:
         sc_b, sc_k, sc_n, sc_l,
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr,
-        BLOCK_D: tl.constexpr,
+        BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
         OUTPUT=False (first pass, every segment but the last): the segment's end state from a zero start and its
         summed dt, which together carry a state across the segment. OUTPUT=True: fold the earlier segments into the
-        entering state, then scan the segment and write y. Steps go in groups of 4 whose loads are issued first.
+        entering state, then scan the segment and write y. Steps go in groups of STEPS (1 or 2) whose loads are issued
+        first.
         """
         pid_bk = tl.program_id(0)
         seg = tl.program_id(2)
@@ -138,29 +139,23 @@ if triton is not None:
                 dt_j = tl.load(dt_seg_ptr + (first_seg + j) * D + offs_d, mask=mask_d, other=0.0)
                 h = tl.exp2(dt_j[None, :] * a) * h + h_j
         t_end = tl.minimum(seg * SEG + SEG, L)
-        for t in range(seg * SEG, t_end, 4):
+        for t in range(seg * SEG, t_end, STEPS):
             p0, v0, u0, d0, b0, c0 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t,
                                                   t_end, L, reverse, offs_d, offs_n, mask_d)
-            p1, v1, u1, d1, b1, c1 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 1,
-                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
-            p2, v2, u2, d2, b2, c2 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2,
-                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
-            p3, v3, u3, d3, b3, c3 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 3,
-                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
+            if STEPS >= 2:
+                p1, v1, u1, d1, b1, c1 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 1,
+                                                      t_end, L, reverse, offs_d, offs_n, mask_d)
             h, d0 = _step(h, a, bias, u0, d0, b0, v0)
             if OUTPUT:
                 _emit(y_rows, sy_l, p0, v0, mask_d, h, c0, dskip, u0, ACCUMULATE)
-            h, d1 = _step(h, a, bias, u1, d1, b1, v1)
-            if OUTPUT:
-                _emit(y_rows, sy_l, p1, v1, mask_d, h, c1, dskip, u1, ACCUMULATE)
-            h, d2 = _step(h, a, bias, u2, d2, b2, v2)
-            if OUTPUT:
-                _emit(y_rows, sy_l, p2, v2, mask_d, h, c2, dskip, u2, ACCUMULATE)
-            h, d3 = _step(h, a, bias, u3, d3, b3, v3)
-            if OUTPUT:
-                _emit(y_rows, sy_l, p3, v3, mask_d, h, c3, dskip, u3, ACCUMULATE)
             else:
-                dt_sum += d0 + d1 + d2 + d3
+                dt_sum += d0
+            if STEPS >= 2:
+                h, d1 = _step(h, a, bias, u1, d1, b1, v1)
+                if OUTPUT:
+                    _emit(y_rows, sy_l, p1, v1, mask_d, h, c1, dskip, u1, ACCUMULATE)
+                else:
+                    dt_sum += d1
         if not OUTPUT:
             tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
                      mask=mask_d[None, :])
@@ -172,21 +167,25 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int]:
-    """(BLOCK_D, segments, num_warps): 32 channels a warp (one a thread), and the sequence cut into segments until
-    there are about 48 warps per multiprocessor (at most 32 segments, none shorter than 128 steps)."""
-    block_d, num_warps = 32, 1
+def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
+    """(BLOCK_D, segments, num_warps, steps) for a scan shape, from a sweep on an H100 (bench/bench_gpu_scan.py).
+
+    32 channels a warp for d_state 16 and wide layers, else 16 (a channel's states then sit on two threads, fewer
+    registers, more warps); two steps' loads in flight; the sequence cut into segments until there are about 48 warps
+    per multiprocessor (at most 64 segments, none shorter than 16 steps).
+    """
+    block_d = 32 if d_state >= 16 or dim >= 768 else 16
     sms = _multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 132
-    warps = batch_dirs * math.ceil(dim / block_d) * num_warps
-    segments = max(1, min(32, math.ceil(48 * sms / warps), seq_len // 128))
-    return block_d, segments, num_warps
+    warps = batch_dirs * math.ceil(dim / block_d)
+    segments = max(1, min(64, math.ceil(48 * sms / warps), seq_len // 16))
+    return block_d, segments, 1, 2
 
 
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
-                    config: tuple[int, int, int] | None = None) -> torch.Tensor:
+                    config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """See the module docstring. Any strides work (channels-first or channels-last). ``config`` overrides
-    (BLOCK_D, segments, num_warps)."""
+    (BLOCK_D, segments, num_warps, steps)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     batch, groups, dim, seq_len = u.shape
@@ -204,7 +203,7 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
     y = (torch.zeros if bidirectional else torch.empty)((batch, groups, dim, seq_len), device=u.device,
                                                         dtype=torch.float32)
-    block_d, segments, num_warps = config or pick_config(batch * k_dirs, dim, seq_len, d_state)
+    block_d, segments, num_warps, steps = config or pick_config(batch * k_dirs, dim, seq_len, d_state)
     segments = max(1, min(segments, seq_len))
     seg_len = math.ceil(seq_len / segments)
     segments = math.ceil(seq_len / seg_len)
@@ -215,7 +214,7 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         seq_len, dim, k_dirs, seg_len, segments,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, BLOCK_D=block_d, num_warps=num_warps)
+    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, BLOCK_D=block_d, STEPS=steps, num_warps=num_warps)
     d_blocks = math.ceil(dim / block_d)
     if segments > 1:  # the last segment's summary is never needed
         _scan_directions_kernel[(batch * k_dirs, d_blocks, segments - 1)](*args, OUTPUT=False, **meta)

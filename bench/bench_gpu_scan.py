@@ -143,7 +143,7 @@ def main() -> int:
             t_unfused = graph_ms(lambda: unfused(inputs, bidirectional))
             t_fused = graph_ms(lambda: triton_scan.scan_directions(*inputs, bidirectional))
             last = channels_last(inputs)
-            t_fused_last = graph_ms(lambda: triton_scan.scan_directions(*last, bidirectional))
+            t_fused_last = graph_ms(lambda: triton_scan.scan_directions(*last, bidirectional, channels_last=True))
         config = triton_scan.pick_config(shape[0] * k, shape[2], shape[3], n)
         row = {"u_shape": shape, "directions": k, "d_state": n, "bidirectional": bidirectional, "calls": count,
                "unfused_ms": t_unfused, "fused_ms": t_fused, "fused_channels_last_ms": t_fused_last,

@@ -60,6 +60,8 @@ def test_fused_scan_reads_channels_last_inputs(interpreted):
     assert last[0].stride(-1) != 1 and last[3].stride(-1) != 1
     expected = interpreted.scan_directions(*args, True, config=(4, 3, 1, 1))
     assert torch.equal(interpreted.scan_directions(*last, True, config=(4, 3, 1, 1)), expected)
+    stored_last = interpreted.scan_directions(*last, True, channels_last=True, config=(4, 3, 1, 1))
+    assert stored_last.stride(-2) == 1 and torch.equal(stored_last, expected)
 
 
 def test_fused_scan_takes_half_precision_inputs(interpreted):
@@ -83,7 +85,9 @@ def test_fused_scan_rejects_mismatched_shapes(interpreted):
 def test_fused_scan_custom_op_fake_matches(interpreted):
     g = torch.Generator().manual_seed(3)
     args = _inputs(g, 1, 1, True, 4, 24, 4)
-    torch.library.opcheck(interpreted.scan_directions_op, (*args, True), test_utils=("test_schema", "test_faketensor"))
+    for channels_last in (False, True):
+        torch.library.opcheck(interpreted.scan_directions_op, (*args, True, channels_last),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("block", ["ss2d", "cromb", "conmb"])

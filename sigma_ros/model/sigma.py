@@ -76,19 +76,27 @@ def fused_scans(enabled: bool = True):
         _fused_scans = previous
 
 
-def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool) -> torch.Tensor:
+def fused_scan_applies(x: torch.Tensor) -> bool:
+    """Whether this forward's scans go to the fused kernel: the fast path asked for it, no gradients, a device the
+    kernel runs on. Blocks then lay their scan inputs out channels-last, which the kernel reads fastest."""
+    if not _fused_scans or torch.is_grad_enabled():
+        return False
+    from ..ops import triton_scan
+
+    return triton_scan.runs_on(x)
+
+
+def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, channels_last: bool = False):
     """Scan each base sequence of u in its directions and sum the outputs per sequence.
 
     u (batch, G, dim, L); delta (batch, K, dim, L), B and C (batch, K, N, L) in base order; A (K*dim, N);
     D, delta_bias (K*dim,). K = G, or 2G when ``bidirectional`` (direction k >= G scans u[:, k - G] reversed).
-    Returns (batch, G, dim, L).
+    Returns (batch, G, dim, L); stored (batch, G, L, dim) when ``channels_last`` and the fused kernel runs.
     """
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, B, C, A, D, delta_bias))
-    if _fused_scans and not needs_grad:
+    if fused_scan_applies(u):
         from ..ops import triton_scan
 
-        if triton_scan.runs_on(u):
-            return triton_scan.scan_directions_op(u, delta, A, B, C, D, delta_bias, bidirectional)
+        return triton_scan.scan_directions_op(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last)
     b, g, d, seq_len = u.shape
     k = delta.shape[1]
     if bidirectional:  # materialise the reversed directions for a one-direction kernel
@@ -160,19 +168,27 @@ class SSMParams(nn.Module):
         self.A_logs = nn.Parameter(_a_log_init(d_state, d_inner).repeat(k, 1))
         self.Ds = nn.Parameter(torch.ones(k * d_inner))
 
-    def _scan(self, u: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    def _scan(self, u: torch.Tensor, bidirectional: bool, channels_last: bool = False) -> torch.Tensor:
         """Scan G base sequences in K directions. u: (B, G, D, L) -> (B, G, D, L), summed over each one's directions.
 
         Direction k = r * G + g scans u[:, g], reversed when r = 1 (K = 2G). The projections are per position, so
         they run on the base order; the scan reads reversed directions backwards (see :func:`scan_directions`).
+        ``channels_last``: u is stored (B, G, L, D); projections and result are laid out the same way.
         """
         b, g, d, seq_len = u.shape
         weight = self.x_proj_weight.view(self.K // g, g, -1, d)
-        x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        split = [self.dt_rank, self.d_state, self.d_state]
+        if channels_last:
+            x_dbl = torch.einsum("bgld,rgcd->brglc", u.transpose(-1, -2), weight).reshape(b, self.K, seq_len, -1)
+            dts, bs, cs = torch.split(x_dbl, split, dim=3)
+            dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
+            dts, bs, cs = (t.transpose(-1, -2) for t in (dts, bs, cs))
+        else:
+            x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
+            dts, bs, cs = torch.split(x_dbl, split, dim=2)
+            dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         return scan_directions(u, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
-                               self.dt_projs_bias.reshape(-1).float(), bidirectional)
+                               self.dt_projs_bias.reshape(-1).float(), bidirectional, channels_last)
 
 
 def _dt_init(dt_rank: int, d_inner: int, dt_min=1e-3, dt_max=0.1, floor=1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,9 +231,16 @@ class SS2D(SSMParams):
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """Scan row-major, column-major and both reversed; merge back. (B, D, H, W) -> (B, H, W, D)."""
         b, d, h, w = x.shape
-        ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
-        y = ys[:, 0] + ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
-        return self.out_norm(y.transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
+        if fused_scan_applies(x):  # channels-last: the fused kernel's loads and stores are then contiguous
+            x = x.permute(0, 2, 3, 1)
+            u = torch.stack([x.reshape(b, h * w, d), x.transpose(1, 2).reshape(b, h * w, d)], dim=1)
+            ys = self._scan(u.transpose(-1, -2), bidirectional=True, channels_last=True).transpose(-1, -2)
+            y = ys[:, 0].view(b, h, w, d) + ys[:, 1].view(b, w, h, d).transpose(1, 2)
+        else:
+            ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
+            y = ys[:, 0] + ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
+            y = y.transpose(1, 2).reshape(b, h, w, d)
+        return self.out_norm(y).to(x.dtype)
 
 
 class VSSBlock(nn.Module):

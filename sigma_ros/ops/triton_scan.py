@@ -183,9 +183,10 @@ def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[
 
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
-                    config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
-    """See the module docstring. Any strides work (channels-first or channels-last). ``config`` overrides
-    (BLOCK_D, segments, num_warps, steps)."""
+                    channels_last: bool = False, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """See the module docstring. Inputs may have any strides. ``channels_last`` stores the result as
+    (batch, G, L, dim) (returned as its (batch, G, dim, L) view), so each step's outputs are contiguous.
+    ``config`` overrides (BLOCK_D, segments, num_warps, steps)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     batch, groups, dim, seq_len = u.shape
@@ -201,8 +202,7 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         raise ValueError(f"d_state must be a power of two for this kernel, got {d_state}")
     A_t = A.float().t().contiguous()  # (N, K*D)
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
-    y = (torch.zeros if bidirectional else torch.empty)((batch, groups, dim, seq_len), device=u.device,
-                                                        dtype=torch.float32)
+    y = _output(u, bidirectional, channels_last)
     block_d, segments, num_warps, steps = config or pick_config(batch * k_dirs, dim, seq_len, d_state)
     segments = max(1, min(segments, seq_len))
     seg_len = math.ceil(seq_len / segments)
@@ -222,13 +222,23 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     return y
 
 
+def _output(u: torch.Tensor, bidirectional: bool, channels_last: bool) -> torch.Tensor:
+    """The (batch, G, dim, L) float32 result, stored channels-last if asked; zeroed where twin directions add up."""
+    batch, groups, dim, seq_len = u.shape
+    strides = (groups * seq_len * dim, seq_len * dim, 1, dim) if channels_last else \
+        (groups * dim * seq_len, dim * seq_len, seq_len, 1)
+    y = torch.empty_strided(u.shape, strides, device=u.device, dtype=torch.float32)
+    return y.zero_() if bidirectional else y
+
+
 @torch.library.custom_op("sigma_ros::scan_directions", mutates_args=())
 def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                       D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+                       D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
+                       channels_last: bool = False) -> torch.Tensor:
     """:func:`scan_directions` as an opaque op, so torch.compile keeps it in one graph without tracing Triton."""
-    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional)
+    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last)
 
 
 @scan_directions_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, bidirectional):
-    return u.new_empty(u.shape, dtype=torch.float32)
+def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False):
+    return _output(u, False, channels_last)

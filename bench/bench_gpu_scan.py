@@ -56,9 +56,9 @@ def record_calls(model, rgb, x) -> collections.Counter:
     calls = collections.Counter()
     original = sigma_module.scan_directions
 
-    def spy(u, delta, A, B, C, D, delta_bias, bidirectional):
+    def spy(u, delta, A, B, C, D, delta_bias, bidirectional, *rest):
         calls[(tuple(u.shape), delta.shape[1], A.shape[1], bidirectional)] += 1
-        return original(u, delta, A, B, C, D, delta_bias, bidirectional)
+        return original(u, delta, A, B, C, D, delta_bias, bidirectional, *rest)
 
     sigma_module.scan_directions = spy
     try:

@@ -315,6 +315,14 @@ def _vmamba_init(m: nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # Fusion: CroMB (cross selective scan, C exchanged) and ConMB (concatenated scan + cross-modal SE gating)
 # --------------------------------------------------------------------------------------------------------------------
+def _tokens(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """(B, D, H, W) -> row-major tokens (B, D, L); with ``channels_last`` a view of (B, L, D) storage."""
+    if channels_last:
+        b, d, h, w = x.shape
+        return x.permute(0, 2, 3, 1).reshape(b, h * w, d).transpose(1, 2)
+    return x.flatten(2)
+
+
 class CrossMambaSSM(nn.Module):
     """Two single-direction scans; each modality keeps its own u, dt, A, B, D and reads C from the other."""
 
@@ -351,10 +359,11 @@ class CrossMambaSSM(nn.Module):
     def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each
         dt_r, b_r, c_r = self._project(u_rgb, 1)
         dt_x, b_x, c_x = self._project(u_x, 2)
+        last = fused_scan_applies(u_rgb)
         y_r = scan_directions(u_rgb[:, None], dt_r[:, None], -torch.exp(self.A_log_1.float()), b_r[:, None],
-                              c_x[:, None], self.D_1.float(), self.dt_proj_1.bias.float(), False)[:, 0]
+                              c_x[:, None], self.D_1.float(), self.dt_proj_1.bias.float(), False, last)[:, 0]
         y_x = scan_directions(u_x[:, None], dt_x[:, None], -torch.exp(self.A_log_2.float()), b_x[:, None],
-                              c_r[:, None], self.D_2.float(), self.dt_proj_2.bias.float(), False)[:, 0]
+                              c_r[:, None], self.D_2.float(), self.dt_proj_2.bias.float(), False, last)[:, 0]
         return self.out_norm_1(y_r.transpose(1, 2)), self.out_norm_2(y_x.transpose(1, 2))
 
 
@@ -373,8 +382,9 @@ class CrossMambaFusion(nn.Module):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor):  # (B, H, W, C) each
         b, h, w, _ = rgb.shape
-        u_r = F.silu(self.conv2d(self.in_proj(rgb).permute(0, 3, 1, 2))).flatten(2)  # row-major (B, D, L)
-        u_x = F.silu(self.conv2d(self.in_proj_modalx(x).permute(0, 3, 1, 2))).flatten(2)
+        last = fused_scan_applies(rgb)
+        u_r = _tokens(F.silu(self.conv2d(self.in_proj(rgb).permute(0, 3, 1, 2))), last)  # row-major (B, D, L)
+        u_x = _tokens(F.silu(self.conv2d(self.in_proj_modalx(x).permute(0, 3, 1, 2))), last)
         y_r, y_x = self.CMA_ssm(u_r, u_x)
         return self.out_proj_rgb(y_r.reshape(b, h, w, -1)), self.out_proj_e(y_x.reshape(b, h, w, -1))
 
@@ -410,8 +420,13 @@ class ConcatMambaFusion(SSMParams):
         b, h, w, _ = rgb.shape
         p_r = self.in_proj(rgb).permute(0, 3, 1, 2)  # (B, D, H, W), before the conv: feeds the SE gate
         p_x = self.in_proj_modalx(x).permute(0, 3, 1, 2)
-        seq = torch.cat([F.silu(self.conv2d(p_r)).flatten(2), F.silu(self.conv2d_modalx(p_x)).flatten(2)], dim=2)
-        y = self._scan(seq[:, None], bidirectional=True)[:, 0]  # (B, D, 2L): forwards + reversed
+        u_r, u_x = F.silu(self.conv2d(p_r)), F.silu(self.conv2d_modalx(p_x))
+        if fused_scan_applies(rgb):  # the sequence stored (B, 2L, D), as the fused kernel reads fastest
+            seq = torch.cat([_tokens(u_r, True).transpose(1, 2), _tokens(u_x, True).transpose(1, 2)], dim=1)
+            y = self._scan(seq.transpose(1, 2)[:, None], bidirectional=True, channels_last=True)[:, 0]
+        else:
+            seq = torch.cat([u_r.flatten(2), u_x.flatten(2)], dim=2)
+            y = self._scan(seq[:, None], bidirectional=True)[:, 0]  # (B, D, 2L): forwards + reversed
         d, n = y.shape[1], h * w
         y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
         y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)

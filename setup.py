@@ -32,7 +32,8 @@ setup(
     extras_require={
         # mamba-ssm's selective-scan CUDA kernel; build it on the GPU machine (see README).
         "cuda": ["mamba-ssm>=2.2"],
-        "test": ["pytest>=7"],
+        # triton: the fused GPU scan's tests run its kernel under Triton's CPU interpreter (CUDA torch ships it).
+        "test": ["pytest>=7", "triton>=3.2; platform_system == 'Linux' and platform_machine == 'x86_64'"],
     },
     zip_safe=True,
     maintainer="sigma_ros maintainers",

@@ -23,19 +23,23 @@ from .config import SigmaConfig
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _switched(name: str, value):
+    """Set the module-level switch ``name`` inside the block (how the fast path routes the model's scans)."""
+    previous, globals()[name] = globals()[name], value
+    try:
+        yield
+    finally:
+        globals()[name] = previous
+
+
 # The official code casts every scan input to float32. Under autocast the GPU fast path instead hands the kernel its
 # bf16/fp16 inputs (it keeps the state and accumulation in fp32): half the scan's memory traffic, no cast kernels.
 _scan_low_precision_inputs = False
 
 
-@contextlib.contextmanager
 def low_precision_scan_inputs(enabled: bool = True):
-    global _scan_low_precision_inputs
-    previous, _scan_low_precision_inputs = _scan_low_precision_inputs, enabled
-    try:
-        yield
-    finally:
-        _scan_low_precision_inputs = previous
+    return _switched("_scan_low_precision_inputs", enabled)
 
 
 def _scan_input(t: torch.Tensor) -> torch.Tensor:
@@ -50,15 +54,9 @@ def selective_scan(*args, **kwargs) -> torch.Tensor:
 _scan_impl = ops_selective_scan
 
 
-@contextlib.contextmanager
 def scan_implementation(fn):
     """Route the model's scans through ``fn`` (same signature as ``ops.selective_scan``) inside the block."""
-    global _scan_impl
-    previous, _scan_impl = _scan_impl, fn
-    try:
-        yield
-    finally:
-        _scan_impl = previous
+    return _switched("_scan_impl", fn)
 
 
 # The GPU fast path switches inference scans to one Triton kernel per call (``ops.triton_scan``): it reads reversed
@@ -66,14 +64,8 @@ def scan_implementation(fn):
 _fused_scans = False
 
 
-@contextlib.contextmanager
 def fused_scans(enabled: bool = True):
-    global _fused_scans
-    previous, _fused_scans = _fused_scans, enabled
-    try:
-        yield
-    finally:
-        _fused_scans = previous
+    return _switched("_fused_scans", enabled)
 
 
 def fused_scan_applies(x: torch.Tensor) -> bool:

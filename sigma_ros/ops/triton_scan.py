@@ -12,17 +12,18 @@ This kernel instead
 - adds a reversed direction's output onto its forward twin: at most two addends on a zeroed buffer, so the sum is
   exact and independent of their order.
 
-Each thread owns one channel and keeps its N states in registers, stepping through the sequence; the loads of
-a group of steps do not depend on the state and are issued together, ahead of the steps' arithmetic. A sequence too long for the
-GPU to fill with channels alone is cut into segments scanned in parallel: a first pass records each segment's
-end state (from zero) and summed dt; the second folds those into each segment's entering state, then scans it
-again writing outputs.
+Layout: a program owns BLOCK_D channels of one (batch, direction); its tiles are (N, BLOCK_D), so a channel's N
+states sit in the registers of one thread (or two, for 16-channel blocks) and the sum over states needs no
+shuffles. Each thread steps through the sequence; the loads of the next steps do not depend on the state and are
+issued ahead of the arithmetic. A sequence too long for the GPU to fill with channels alone is cut into segments
+scanned in parallel: a first pass records each segment's end state (from zero) and summed dt, the second folds
+those into each segment's entering state and scans it again, writing outputs.
 
 Interface (``scan_directions``):
     u      (batch, G, dim, L)   the G base sequences
     delta  (batch, K, dim, L)   per direction, indexed in base order (not reversed)
     A      (K * dim, N) float32 (negative; -exp(A_log))
-    B, C   (batch, K, N, L)     per direction, base order; any strides with the last one 1
+    B, C   (batch, K, N, L)     per direction, base order; any strides (views of the projection are fine)
     D, delta_bias (K * dim,)    float32
     K = G, or K = 2G with ``bidirectional``: direction k < G scans u[:, k] forwards, k >= G scans u[:, k - G]
     reversed. Returns (batch, G, dim, L) float32: for each base sequence, the sum of its directions' outputs
@@ -43,9 +44,6 @@ except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
 
 __all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "pick_config"]
-
-LOG2E = 1.4426950408889634
-
 
 def triton_available() -> bool:
     return triton is not None
@@ -120,7 +118,7 @@ if triton is not None:
         # (N, BLOCK_D) tiles: channels across the threads, a channel's N states inside one thread (in-thread sums)
         # A arrives transposed, (N, K*D): loads contiguous along channels keep Triton's layout channel-major
         a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
-        a = a * 1.4426950408889634
+        a = a * 1.4426950408889634  # log2(e): exp(dt A) = exp2(dt A log2 e), one MUFU op, as mamba-ssm
         bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
         dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
         u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d

@@ -114,3 +114,12 @@ def test_blocks_with_fused_scans_match_unfused(interpreted, block):
         trained = module(*args)
     trained = trained[0] if isinstance(trained, tuple) else trained
     assert trained.requires_grad
+
+
+def test_forcing_a_scan_backend_turns_the_fused_scan_off(monkeypatch):
+    """SIGMA_SCAN_BACKEND is the one switch for scan kernels: forcing a backend keeps the fast path off Triton."""
+    from sigma_ros.model.fast import use_fused_scans
+
+    for env, expected in (("cpu", False), ("cuda", False), ("auto", True), ("", True)):
+        monkeypatch.setenv("SIGMA_SCAN_BACKEND", env)
+        assert use_fused_scans() is expected, env

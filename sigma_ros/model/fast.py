@@ -6,7 +6,7 @@ get a copy of the output.
 
 Scans go through one fused Triton kernel per call (``ops.triton_scan``: reversed directions read in place, each
 sequence's directions summed in the kernel) when Triton is available; ``fused_scan=False`` keeps mamba-ssm's kernel
-on flipped copies.
+on flipped copies, as does forcing a scan backend with SIGMA_SCAN_BACKEND.
 
 ``compile=True`` additionally runs the model through ``torch.compile`` (Inductor fuses the LayerNorms, casts,
 gating and cross-scan copies between the scans) with the selective scan as an opaque custom op, so the whole
@@ -15,10 +15,12 @@ forward is one graph. Compilation takes minutes on first use (cached on disk aft
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 
 from ..ops import triton_scan
+from ..ops.selective_scan import ENV_VAR
 from ..ops.selective_scan import selective_scan as ops_selective_scan
 from .sigma import fused_scans, low_precision_scan_inputs, scan_implementation
 
@@ -41,14 +43,21 @@ def _scan_as_op(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False
     return _scan_fwd(u, delta, A, B, C, D, delta_bias, delta_softplus)
 
 
+def use_fused_scans() -> bool:
+    """The fast path's default: the fused Triton scan when Triton imports, unless SIGMA_SCAN_BACKEND forces a
+    backend (one switch for every scan kernel)."""
+    forced = os.environ.get(ENV_VAR, "").strip().lower() not in ("", "auto")
+    return triton_scan.triton_available() and not forced
+
+
 def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False,
                        fused_scan: bool | None = None):
     """``forward(rgb, x) -> logits`` (float32) on the fast path; ``fused_scan=None`` uses the Triton scan if present."""
     graphs: dict[tuple, tuple] = {}
     low = dtype != torch.float32
     scan = _scan_as_op if compile else ops_selective_scan
-    fused = triton_scan.triton_available() if fused_scan is None else fused_scan
-    log.info("fast path: %s, scans: %s", dtype, "fused Triton kernel" if fused else "mamba-ssm on flipped copies")
+    fused = use_fused_scans() if fused_scan is None else fused_scan
+    log.info("fast path: %s, scans: %s", dtype, "fused Triton kernel" if fused else "selective-scan backend on copies")
 
     def run(rgb, x):
         # cuDNN convolutions default to TF32 (~1e-3 error); fp32 means fp32 here, so the golden parity holds.

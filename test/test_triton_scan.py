@@ -40,6 +40,7 @@ def _inputs(g, batch, groups, bidirectional, dim, seq_len, d_state, dt_rank=3, d
     (2, True, 6, 37, 16, (4, 3, 1, 2)),  # SS2D: 2 base orders x forwards/reversed; ragged D block, 3 segments
     (1, True, 5, 50, 4, (2, 7, 1, 1)),  # ConMB: one sequence forwards + reversed
     (1, False, 3, 20, 4, (4, 1, 1, 2)),  # CroMB: one direction, plain store, one segment
+    (1, True, 4, 29, 4, (4, 2, 1, 4)),   # four steps in flight, the last group partly past the end
     (2, True, 4, 9, 8, None),            # a 9-step sequence, default config
 ])
 def test_fused_scan_equals_flipped_copies(interpreted, groups, bidirectional, dim, seq_len, d_state, config):

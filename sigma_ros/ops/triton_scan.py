@@ -79,12 +79,19 @@ if triton is not None:
         return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
 
     @triton.jit
-    def _emit(y_rows, sy_l, pos, valid, mask_d, h, c, dskip, u, ACCUMULATE: tl.constexpr):
-        y = tl.sum(h * c[:, None], axis=0) + dskip * u
-        if ACCUMULATE:
-            tl.atomic_add(y_rows + pos * sy_l, y, mask=mask_d & valid, sem="relaxed")
+    def _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c,
+                 OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr):
+        """One step: the state update, then either the output (second pass) or the dt sum (first pass)."""
+        h, dt = _step(h, a, bias, u, dt, b, valid)
+        if OUTPUT:
+            y = tl.sum(h * c[:, None], axis=0) + dskip * u
+            if ACCUMULATE:
+                tl.atomic_add(y_rows + pos * sy_l, y, mask=mask_d & valid, sem="relaxed")
+            else:
+                tl.store(y_rows + pos * sy_l, y, mask=mask_d & valid)
         else:
-            tl.store(y_rows + pos * sy_l, y, mask=mask_d & valid)
+            dt_sum += dt
+        return h, dt_sum
 
     @triton.jit
     def _scan_directions_kernel(
@@ -102,8 +109,8 @@ if triton is not None:
 
         OUTPUT=False (first pass, every segment but the last): the segment's end state from a zero start and its
         summed dt, which together carry a state across the segment. OUTPUT=True: fold the earlier segments into the
-        entering state, then scan the segment and write y. Steps go in groups of STEPS (1 or 2) whose loads are issued
-        first.
+        entering state, then scan the segment and write y. Steps go in groups of STEPS (1, 2 or 4) whose loads are
+        issued first.
         """
         pid_bk = tl.program_id(0)
         seg = tl.program_id(2)
@@ -143,17 +150,21 @@ if triton is not None:
             if STEPS >= 2:
                 p1, v1, u1, d1, b1, c1 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 1,
                                                       t_end, L, reverse, offs_d, offs_n, mask_d)
-            h, d0 = _step(h, a, bias, u0, d0, b0, v0)
-            if OUTPUT:
-                _emit(y_rows, sy_l, p0, v0, mask_d, h, c0, dskip, u0, ACCUMULATE)
-            else:
-                dt_sum += d0
+            if STEPS >= 4:
+                p2, v2, u2, d2, b2, c2 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2,
+                                                      t_end, L, reverse, offs_d, offs_n, mask_d)
+                p3, v3, u3, d3, b3, c3 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 3,
+                                                      t_end, L, reverse, offs_d, offs_n, mask_d)
+            h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p0, v0, u0, d0, b0, c0, OUTPUT,
+                                 ACCUMULATE)
             if STEPS >= 2:
-                h, d1 = _step(h, a, bias, u1, d1, b1, v1)
-                if OUTPUT:
-                    _emit(y_rows, sy_l, p1, v1, mask_d, h, c1, dskip, u1, ACCUMULATE)
-                else:
-                    dt_sum += d1
+                h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p1, v1, u1, d1, b1, c1,
+                                     OUTPUT, ACCUMULATE)
+            if STEPS >= 4:
+                h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p2, v2, u2, d2, b2, c2,
+                                     OUTPUT, ACCUMULATE)
+                h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p3, v3, u3, d3, b3, c3,
+                                     OUTPUT, ACCUMULATE)
         if not OUTPUT:
             tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
                      mask=mask_d[None, :])
@@ -168,9 +179,10 @@ def _multiprocessors(device_index: int) -> int:
 def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
     """(BLOCK_D, segments, num_warps, steps) for a scan shape, from a sweep on an H100 (bench/bench_gpu_scan.py).
 
-    32 channels a warp for d_state 16 and wide layers, else 16 (a channel's states then sit on two threads, fewer
+    32 channels a warp for d_state 16 and wide layers, else 16 (a channel's states then sit on two threads: fewer
     registers, more warps); two steps' loads in flight; the sequence cut into segments until there are about 48 warps
-    per multiprocessor (at most 64 segments, none shorter than 16 steps).
+    per multiprocessor (at most 64 segments, none shorter than 16 steps). bench/RESULTS.md lists the configs a later
+    sweep found faster for the d_state-4 scans (more segments, four steps in flight).
     """
     block_d = 32 if d_state >= 16 or dim >= 768 else 16
     sms = _multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 132

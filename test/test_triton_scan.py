@@ -1,8 +1,9 @@
-"""The fused multi-direction Triton scan (GPU fast path), run here through Triton's CPU interpreter.
+"""The fused multi-direction Triton scan (GPU fast path): on a GPU where there is one, else through Triton's CPU
+interpreter (conftest turns it on where there is no GPU).
 
-The interpreter executes the same kernel source program by program, so indexing, masking, reversal, the chunked
-associative scan, the state carry and the two-addend accumulation are all checked without a GPU. Speed and the
-compiled kernel are checked on the GPU machine (bench/bench_gpu_inference.py, bench/RESULTS.md).
+The interpreter executes the same kernel source program by program, so indexing, masking, reversal, the segment
+passes, the state carry and the two-addend accumulation are all checked without a GPU. Speed is measured on the GPU
+machine (bench/bench_gpu_scan.py, bench/bench_gpu_inference.py, bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ triton = pytest.importorskip("triton")
 from sigma_ros.model.sigma import SS2D, ConcatMambaFusion, CrossMambaFusion, fused_scans, scan_directions  # noqa: E402
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @pytest.fixture(scope="module")
 def interpreted():
-    """ops.triton_scan, its kernel running under Triton's interpreter (conftest sets it where there is no GPU)."""
-    if os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("these checks run the kernel under Triton's CPU interpreter (no GPU here)")
+    """ops.triton_scan, its kernel compiled for the GPU, or run by Triton's interpreter on the CPU."""
+    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("no GPU, and Triton's CPU interpreter is off")
     from sigma_ros.ops import triton_scan
 
     return triton_scan
@@ -33,7 +37,8 @@ def _inputs(g, batch, groups, bidirectional, dim, seq_len, d_state, dt_rank=3, d
     a = -(0.1 + 2 * torch.rand(k * dim, d_state, generator=g))
     x_dbl = torch.randn(batch, k, dt_rank + 2 * d_state, seq_len, generator=g).to(dtype)
     b, c = x_dbl[:, :, dt_rank:dt_rank + d_state], x_dbl[:, :, dt_rank + d_state:]  # strided views, as the model's
-    return u, delta, a, b, c, torch.randn(k * dim, generator=g), 0.3 * torch.randn(k * dim, generator=g)
+    out = u, delta, a, b, c, torch.randn(k * dim, generator=g), 0.3 * torch.randn(k * dim, generator=g)
+    return tuple(t.to(DEVICE) for t in out)
 
 
 @pytest.mark.parametrize("groups,bidirectional,dim,seq_len,d_state,config", [
@@ -105,6 +110,7 @@ def test_blocks_with_fused_scans_match_unfused(interpreted, block):
         module, args = CrossMambaFusion(16, d_state=4, ssm_ratio=1.0), (rgb, x)
     else:
         module, args = ConcatMambaFusion(16, d_state=4, ssm_ratio=1.0), (rgb, x)
+    module, args = module.to(DEVICE), tuple(t.to(DEVICE) for t in args)
     with torch.no_grad():
         reference = module(*args)
         with fused_scans():

@@ -83,7 +83,7 @@ class Segmenter:
         self.compile = compile and self.fast
         self._forward = self._build_forward()
         log.info("Sigma-%s (%d classes) on %s, %s, scan backend: %s", config.variant, self.num_classes,
-                 self.device, precision, describe_backend(self.device))
+                 self.device, precision, self.scan_description())
 
     @classmethod
     def from_checkpoint(cls, path, *, variant: str | None = None, class_config: ClassConfig | str | None = None,
@@ -184,6 +184,16 @@ class Segmenter:
         labels, conf = self.labels_on_device(logits, rgb_u8.shape[:2], confidence)
         return DeviceSegmentation(labels, rgb_u8, conf)
 
+    def scan_description(self) -> str:
+        """The scan kernel inference uses: the fused Triton kernel on the GPU fast path, else the backend's."""
+        backend = describe_backend(self.device)
+        if self.fast:
+            from .model.fast import use_fused_scans
+
+            if use_fused_scans():
+                return f"fused Triton kernel (sigma_ros.ops.triton_scan); {backend} where gradients are needed"
+        return backend
+
     def describe(self) -> dict:
         """What the node reports in its diagnostics."""
         return {
@@ -193,7 +203,7 @@ class Segmenter:
                                           if self.device.type == "cuda" else ""),
             "precision": self.precision,
             "preprocessing": self.preprocessing,
-            "scan_backend": describe_backend(self.device),
+            "scan_backend": self.scan_description(),
             "fast_path": str(self.fast) + (" (compiled)" if self.compile else ""),
         }
 

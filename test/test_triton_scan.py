@@ -130,3 +130,16 @@ def test_forcing_a_scan_backend_turns_the_fused_scan_off(monkeypatch):
     for env, expected in (("cpu", False), ("cuda", False), ("auto", True), ("", True)):
         monkeypatch.setenv("SIGMA_SCAN_BACKEND", env)
         assert use_fused_scans() is expected, env
+
+
+def test_segmenter_reports_the_scan_kernel_inference_uses(monkeypatch, micro_checkpoint):
+    """Diagnostics name the fused kernel when the GPU fast path will use it, and the plain backend otherwise."""
+    from sigma_ros.segmenter import Segmenter
+
+    seg = Segmenter.from_checkpoint(micro_checkpoint, device="cpu")
+    assert "fused" not in seg.describe()["scan_backend"]  # CPU: no fast path
+    seg.fast = True  # as on a GPU
+    monkeypatch.setenv("SIGMA_SCAN_BACKEND", "auto")
+    assert seg.describe()["scan_backend"].startswith("fused Triton kernel")
+    monkeypatch.setenv("SIGMA_SCAN_BACKEND", "reference")
+    assert "fused" not in seg.describe()["scan_backend"]

@@ -96,20 +96,21 @@ def test_fused_scan_custom_op_fake_matches(interpreted):
                               test_utils=("test_schema", "test_faketensor"))
 
 
-@pytest.mark.parametrize("block", ["ss2d", "cromb", "conmb"])
-def test_blocks_with_fused_scans_match_unfused(interpreted, block):
+@pytest.mark.parametrize("block,d_state", [("ss2d", 4), ("cromb", 4), ("conmb", 4), ("ss2d", 3)])
+def test_blocks_with_fused_scans_match_unfused(interpreted, block, d_state):
     """Each block type that scans gives the same output through the fused kernel (SS2D: 4 directions of 2 base
-    orders; CroMB: C exchanged, one direction; ConMB: concatenated sequence forwards + reversed). The interpreter
+    orders; CroMB: C exchanged, one direction; ConMB: concatenated sequence forwards + reversed); a state size the
+    kernel does not take (3) must fall back to the unfused path instead of failing. The interpreter
     is slow per element, so the blocks are tiny; the whole network is compared on the GPU by the benchmark."""
     g = torch.Generator().manual_seed(4)
     torch.manual_seed(4)
     rgb, x = torch.randn(2, 6, 5, 16, generator=g), torch.randn(2, 6, 5, 16, generator=g)
     if block == "ss2d":
-        module, args = SS2D(16, d_state=4, ssm_ratio=1.0), (rgb,)
+        module, args = SS2D(16, d_state=d_state, ssm_ratio=1.0), (rgb,)
     elif block == "cromb":
-        module, args = CrossMambaFusion(16, d_state=4, ssm_ratio=1.0), (rgb, x)
+        module, args = CrossMambaFusion(16, d_state=d_state, ssm_ratio=1.0), (rgb, x)
     else:
-        module, args = ConcatMambaFusion(16, d_state=4, ssm_ratio=1.0), (rgb, x)
+        module, args = ConcatMambaFusion(16, d_state=d_state, ssm_ratio=1.0), (rgb, x)
     module, args = module.to(DEVICE), tuple(t.to(DEVICE) for t in args)
     with torch.no_grad():
         reference = module(*args)

@@ -68,14 +68,14 @@ def fused_scans(enabled: bool = True):
     return _switched("_fused_scans", enabled)
 
 
-def fused_scan_applies(x: torch.Tensor) -> bool:
-    """Whether this forward's scans go to the fused kernel: the fast path asked for it, no gradients, a device the
-    kernel runs on. Blocks then lay their scan inputs out channels-last, which the kernel reads fastest."""
+def fused_scan_applies(x: torch.Tensor, d_state: int) -> bool:
+    """Whether this block's scan goes to the fused kernel: the fast path asked for it, no gradients, a device and a
+    state size the kernel takes. Blocks then lay their scan inputs out channels-last, which the kernel reads fastest."""
     if not _fused_scans or torch.is_grad_enabled():
         return False
     from ..ops import triton_scan
 
-    return triton_scan.runs_on(x)
+    return triton_scan.runs_on(x) and triton_scan.supports(d_state)
 
 
 def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, channels_last: bool = False):
@@ -85,7 +85,7 @@ def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, chann
     D, delta_bias (K*dim,). K = G, or 2G when ``bidirectional`` (direction k >= G scans u[:, k - G] reversed).
     Returns (batch, G, dim, L); stored (batch, G, L, dim) when ``channels_last`` and the fused kernel runs.
     """
-    if fused_scan_applies(u):
+    if fused_scan_applies(u, A.shape[1]):
         from ..ops import triton_scan
 
         return triton_scan.scan_directions_op(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last)
@@ -223,7 +223,7 @@ class SS2D(SSMParams):
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
         """Scan row-major, column-major and both reversed; merge back. (B, D, H, W) -> (B, H, W, D)."""
         b, d, h, w = x.shape
-        if fused_scan_applies(x):  # channels-last: the fused kernel's loads and stores are then contiguous
+        if fused_scan_applies(x, self.d_state):  # channels-last: the fused kernel's loads and stores are then contiguous
             x = x.permute(0, 2, 3, 1)
             u = torch.stack([x.reshape(b, h * w, d), x.transpose(1, 2).reshape(b, h * w, d)], dim=1)
             ys = self._scan(u.transpose(-1, -2), bidirectional=True, channels_last=True).transpose(-1, -2)
@@ -351,7 +351,7 @@ class CrossMambaSSM(nn.Module):
     def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each
         dt_r, b_r, c_r = self._project(u_rgb, 1)
         dt_x, b_x, c_x = self._project(u_x, 2)
-        last = fused_scan_applies(u_rgb)
+        last = fused_scan_applies(u_rgb, self.d_state)
         y_r = scan_directions(u_rgb[:, None], dt_r[:, None], -torch.exp(self.A_log_1.float()), b_r[:, None],
                               c_x[:, None], self.D_1.float(), self.dt_proj_1.bias.float(), False, last)[:, 0]
         y_x = scan_directions(u_x[:, None], dt_x[:, None], -torch.exp(self.A_log_2.float()), b_x[:, None],
@@ -374,7 +374,7 @@ class CrossMambaFusion(nn.Module):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor):  # (B, H, W, C) each
         b, h, w, _ = rgb.shape
-        last = fused_scan_applies(rgb)
+        last = fused_scan_applies(rgb, self.CMA_ssm.d_state)
         u_r = _tokens(F.silu(self.conv2d(self.in_proj(rgb).permute(0, 3, 1, 2))), last)  # row-major (B, D, L)
         u_x = _tokens(F.silu(self.conv2d(self.in_proj_modalx(x).permute(0, 3, 1, 2))), last)
         y_r, y_x = self.CMA_ssm(u_r, u_x)
@@ -413,7 +413,7 @@ class ConcatMambaFusion(SSMParams):
         p_r = self.in_proj(rgb).permute(0, 3, 1, 2)  # (B, D, H, W), before the conv: feeds the SE gate
         p_x = self.in_proj_modalx(x).permute(0, 3, 1, 2)
         u_r, u_x = F.silu(self.conv2d(p_r)), F.silu(self.conv2d_modalx(p_x))
-        if fused_scan_applies(rgb):  # the sequence stored (B, 2L, D), as the fused kernel reads fastest
+        if fused_scan_applies(rgb, self.d_state):  # the sequence stored (B, 2L, D), as the fused kernel reads fastest
             seq = torch.cat([_tokens(u_r, True).transpose(1, 2), _tokens(u_x, True).transpose(1, 2)], dim=1)
             y = self._scan(seq.transpose(1, 2)[:, None], bidirectional=True, channels_last=True)[:, 0]
         else:

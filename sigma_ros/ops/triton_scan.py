@@ -43,10 +43,15 @@ try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
 
-__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "pick_config"]
+__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "supports", "pick_config"]
 
 def triton_available() -> bool:
     return triton is not None
+
+
+def supports(d_state: int) -> bool:
+    """The kernel's state tiles need a power-of-two size (Sigma uses 16 and 4)."""
+    return d_state > 0 and d_state & (d_state - 1) == 0
 
 
 def runs_on(t: torch.Tensor) -> bool:
@@ -208,7 +213,7 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
             or C.shape != B.shape or A.shape != (k_dirs * dim, d_state):
         raise ValueError(f"shape mismatch: u {tuple(u.shape)}, delta {tuple(delta.shape)}, A {tuple(A.shape)}, "
                          f"B {tuple(B.shape)}, C {tuple(C.shape)}")
-    if d_state & (d_state - 1):
+    if not supports(d_state):
         raise ValueError(f"d_state must be a power of two for this kernel, got {d_state}")
     A_t = A.float().t().contiguous()  # (N, K*D)
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))

@@ -144,3 +144,21 @@ def test_segmenter_reports_the_scan_kernel_inference_uses(monkeypatch, micro_che
     assert seg.describe()["scan_backend"].startswith("fused Triton kernel")
     monkeypatch.setenv("SIGMA_SCAN_BACKEND", "reference")
     assert "fused" not in seg.describe()["scan_backend"]
+
+
+def test_fast_path_falls_back_when_the_fused_scan_fails(caplog):
+    """A fused kernel that cannot run (say, a Triton too old for it) must cost speed, not the node."""
+    import sigma_ros.model.sigma as sigma_module
+    from sigma_ros.model.fast import build_fast_forward
+
+    class NeedsUnfused(torch.nn.Module):
+        def forward(self, rgb, x):
+            if sigma_module._fused_scans:
+                raise RuntimeError("triton: unsupported")
+            return rgb + x
+
+    forward = build_fast_forward(NeedsUnfused(), torch.float32, fused_scan=True)
+    with caplog.at_level("WARNING"):
+        out = forward(torch.ones(1, 3, 4, 4), torch.ones(1, 3, 4, 4))  # no CUDA here: graphs fail, eager serves
+    assert torch.equal(out, torch.full((1, 3, 4, 4), 2.0))
+    assert "fused Triton scan failed" in caplog.text

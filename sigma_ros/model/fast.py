@@ -50,6 +50,14 @@ def use_fused_scans() -> bool:
     return triton_scan.triton_available() and not forced
 
 
+def _fails(fn, *args) -> bool:
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - any failure of the fused path means: fall back
+        return True
+    return False
+
+
 def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False,
                        fused_scan: bool | None = None):
     """``forward(rgb, x) -> logits`` (float32) on the fast path; ``fused_scan=None`` uses the Triton scan if present."""
@@ -82,12 +90,17 @@ def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int =
         return graph, static_rgb, static_x, static_out
 
     def forward(rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        nonlocal fused
         key = (tuple(rgb.shape), rgb.device)
         if key not in graphs:
             try:
                 graphs[key] = capture(rgb, x)
                 log.info("captured a CUDA graph for input %s", tuple(rgb.shape))
             except Exception as e:  # a kernel that cannot be captured: stay correct, just slower
+                if fused and _fails(eager, rgb, x):  # e.g. a Triton too old for the kernel: use the other scans
+                    log.warning("the fused Triton scan failed (%s); using the selective-scan backend instead", e)
+                    fused = False
+                    return forward(rgb, x)
                 log.warning("CUDA graph capture failed (%s); using eager execution for %s", e, tuple(rgb.shape))
                 graphs[key] = None
         entry = graphs[key]

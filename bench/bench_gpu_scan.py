@@ -79,12 +79,6 @@ def make_inputs(shape, k, n, dtype, dev, seed=0):
             0.5 * rand(k * d))
 
 
-def pick_segments(batch_dirs: int, dim: int, block_d: int) -> int:
-    warps = batch_dirs * -(-dim // block_d)
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    return max(1, min(64, -(-48 * sms // warps)))
-
-
 def channels_last(inputs):
     """The same values stored (batch, ..., L, dim/N): the layout channels-last activations give."""
     return [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 4 else t for t in inputs]
@@ -154,7 +148,7 @@ def main() -> int:
             for bd, steps in itertools.product((16, 32), (2, 4)):
                 if n >= 16 and steps == 4 and bd == 32:
                     continue  # 247 registers: too few warps
-                segs = pick_segments(shape[0] * k, shape[2], bd)
+                segs = triton_scan.pick_segments(shape[0] * k, shape[2], shape[3], bd)
                 for segments in sorted({segs, min(128, 2 * segs, max(1, shape[3] // 16))}):
                     with torch.inference_mode():
                         t = graph_ms(lambda: triton_scan.scan_directions(

@@ -21,7 +21,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
-def interpreted():
+def kernel():
     """ops.triton_scan, its kernel compiled for the GPU, or run by Triton's interpreter on the CPU."""
     if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("no GPU, and Triton's CPU interpreter is off")
@@ -48,56 +48,56 @@ def _inputs(g, batch, groups, bidirectional, dim, seq_len, d_state, dt_rank=3, d
     (1, True, 4, 29, 4, (4, 2, 1, 4)),   # four steps in flight, the last group partly past the end
     (2, True, 4, 9, 8, None),            # a 9-step sequence, default config
 ])
-def test_fused_scan_equals_flipped_copies(interpreted, groups, bidirectional, dim, seq_len, d_state, config):
+def test_fused_scan_equals_flipped_copies(kernel, groups, bidirectional, dim, seq_len, d_state, config):
     g = torch.Generator().manual_seed(seq_len)
     args = _inputs(g, 2, groups, bidirectional, dim, seq_len, d_state)
-    fused = interpreted.scan_directions(*args, bidirectional, config=config)
+    fused = kernel.scan_directions(*args, bidirectional, config=config)
     unfused = scan_directions(*args, bidirectional)  # cat/flip copies + the reference recurrence
     assert fused.shape == unfused.shape == (2, groups, dim, seq_len) and fused.dtype == torch.float32
     assert torch.isfinite(fused).all()
     assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5
 
 
-def test_fused_scan_reads_channels_last_inputs(interpreted):
+def test_fused_scan_reads_channels_last_inputs(kernel):
     """Strides are free: (batch, L, dim) storage viewed as (batch, dim, L) gives the same result."""
     g = torch.Generator().manual_seed(5)
     args = _inputs(g, 1, 2, True, 6, 30, 4)
     last = [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 4 else t for t in args]
     assert last[0].stride(-1) != 1 and last[3].stride(-1) != 1
-    expected = interpreted.scan_directions(*args, True, config=(4, 3, 1, 1))
-    assert torch.equal(interpreted.scan_directions(*last, True, config=(4, 3, 1, 1)), expected)
-    stored_last = interpreted.scan_directions(*last, True, channels_last=True, config=(4, 3, 1, 1))
+    expected = kernel.scan_directions(*args, True, config=(4, 3, 1, 1))
+    assert torch.equal(kernel.scan_directions(*last, True, config=(4, 3, 1, 1)), expected)
+    stored_last = kernel.scan_directions(*last, True, channels_last=True, config=(4, 3, 1, 1))
     assert stored_last.stride(-2) == 1 and torch.equal(stored_last, expected)
 
 
-def test_fused_scan_takes_half_precision_inputs(interpreted):
+def test_fused_scan_takes_half_precision_inputs(kernel):
     g = torch.Generator().manual_seed(1)
     args = _inputs(g, 1, 2, True, 4, 40, 16, dtype=torch.bfloat16)
     u = args[0].to(torch.bfloat16)
-    fused = interpreted.scan_directions(u, *args[1:], True, config=(2, 4, 1, 2))
+    fused = kernel.scan_directions(u, *args[1:], True, config=(2, 4, 1, 2))
     unfused = scan_directions(u.float(), *(t.float() for t in args[1:]), True)
     assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5  # same bf16 values, fp32 math
 
 
-def test_fused_scan_rejects_mismatched_shapes(interpreted):
+def test_fused_scan_rejects_mismatched_shapes(kernel):
     g = torch.Generator().manual_seed(2)
     u, delta, a, b, c, d, bias = _inputs(g, 1, 2, True, 4, 16, 4)
     with pytest.raises(ValueError, match="4 directions for 2 sequences"):
-        interpreted.scan_directions(u, delta, a, b, c, d, bias, False)
+        kernel.scan_directions(u, delta, a, b, c, d, bias, False)
     with pytest.raises(ValueError, match="shape mismatch"):
-        interpreted.scan_directions(u, delta[..., :8], a, b, c, d, bias, True)
+        kernel.scan_directions(u, delta[..., :8], a, b, c, d, bias, True)
 
 
-def test_fused_scan_custom_op_fake_matches(interpreted):
+def test_fused_scan_custom_op_fake_matches(kernel):
     g = torch.Generator().manual_seed(3)
     args = _inputs(g, 1, 1, True, 4, 24, 4)
     for channels_last in (False, True):
-        torch.library.opcheck(interpreted.scan_directions_op, (*args, True, channels_last),
+        torch.library.opcheck(kernel.scan_directions_op, (*args, True, channels_last),
                               test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("block,d_state", [("ss2d", 4), ("cromb", 4), ("conmb", 4), ("ss2d", 3)])
-def test_blocks_with_fused_scans_match_unfused(interpreted, block, d_state):
+def test_blocks_with_fused_scans_match_unfused(kernel, block, d_state):
     """Each block type that scans gives the same output through the fused kernel (SS2D: 4 directions of 2 base
     orders; CroMB: C exchanged, one direction; ConMB: concatenated sequence forwards + reversed); a state size the
     kernel does not take (3) must fall back to the unfused path instead of failing. The interpreter

@@ -43,7 +43,7 @@ try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
 
-__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "supports", "pick_config"]
+__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "supports", "pick_config", "pick_segments"]
 
 def triton_available() -> bool:
     return triton is not None
@@ -190,10 +190,14 @@ def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[
     sweep found faster for the d_state-4 scans (more segments, four steps in flight).
     """
     block_d = 32 if d_state >= 16 or dim >= 768 else 16
+    return block_d, pick_segments(batch_dirs, dim, seq_len, block_d), 1, 2
+
+
+def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int) -> int:
+    """Segments for about 48 one-warp programs per multiprocessor: at most 64, none shorter than 16 steps."""
     sms = _multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 132
     warps = batch_dirs * math.ceil(dim / block_d)
-    segments = max(1, min(64, math.ceil(48 * sms / warps), seq_len // 16))
-    return block_d, segments, 1, 2
+    return max(1, min(64, math.ceil(48 * sms / warps), seq_len // 16))
 
 
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,

@@ -1,18 +1,22 @@
 """The scans of one Sigma forward: mamba-ssm on flipped copies against the fused Triton kernel, in one run.
 
     python bench/bench_gpu_scan.py [--variant tiny] [--size 640x480] [--sweep] [--golden PATH] [--json OUT.json]
+                                   [--compare-with OLD_triton_scan.py]
 
 Records every scan call a batch-1 forward makes (shape, directions, d_state), then for each distinct call times the
 unfused path (cat/flip copies + mamba-ssm's kernel + flip back, as the model ran before the fused kernel) and the
 fused kernel on random bf16 inputs of that shape, each replayed as a CUDA graph. Reports the error of the fused
 kernel against the unfused fp32 path, and per forward the summed scan time of both. ``--sweep`` also times a grid
 of (BLOCK_D, segments, num_warps, steps) per call to tune ``ops.triton_scan.pick_config``. ``--golden`` checks the
-authors' golden case A through the fast fp32 path with fused scans.
+authors' golden case A through the fast fp32 path with fused scans. ``--compare-with`` also times another version
+of the kernel's module at its own default configuration, in the same run (for instance the previous commit's:
+``git show HEAD~1:sigma_ros/ops/triton_scan.py > /tmp/old_scan.py``).
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import itertools
 import json
 import statistics
@@ -73,15 +77,40 @@ def make_inputs(shape, k, n, dtype, dev, seed=0):
     b, g, d, seq_len = shape
     gen = torch.Generator(device=dev).manual_seed(seed)
     rand = lambda *s: torch.randn(*s, device=dev, generator=gen)  # noqa: E731
-    x_dbl = rand(b, k, 6 + 2 * n, seq_len).to(dtype)  # B and C as strided views of one projection, as in the model
+    bc = rand(b, k, 2 * n, seq_len).to(dtype)  # B and C as views of one projection, as in the model
     return (rand(b, g, d, seq_len).to(dtype), (0.5 * rand(b, k, d, seq_len) - 1).to(dtype),
-            -torch.exp(rand(k * d, n).clamp(-2, 2)), x_dbl[:, :, 6:6 + n], x_dbl[:, :, 6 + n:], rand(k * d),
-            0.5 * rand(k * d))
+            -torch.exp(rand(k * d, n).clamp(-2, 2)), bc[:, :, :n], bc[:, :, n:], rand(k * d), 0.5 * rand(k * d))
 
 
 def channels_last(inputs):
-    """The same values stored (batch, ..., L, dim/N): the layout channels-last activations give."""
-    return [t.transpose(-1, -2).contiguous().transpose(-1, -2) if t.dim() == 4 else t for t in inputs]
+    """The same values stored (batch, ..., L, dim/N), as channels-last activations give: B and C stay views of one
+    (batch, K, L, 2N) tensor, as the model's projection makes them."""
+    u, delta, a, b, c, d, bias = inputs
+    u, delta = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (u, delta))
+    bc = torch.cat([b, c], dim=2).transpose(-1, -2).contiguous().transpose(-1, -2)
+    return u, delta, a, bc[:, :, :b.shape[2]], bc[:, :, b.shape[2]:], d, bias
+
+
+def load_module(path: str):
+    """Load another version of ops/triton_scan.py; its custom op is renamed so it does not replace this one's."""
+    source = open(path).read().replace('"sigma_ros::', '"sigma_ros_compared::')
+    spec = importlib.util.spec_from_loader("compared_triton_scan", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = path  # triton.jit reads the kernels' source through inspect
+    exec(compile(source, path, "exec"), module.__dict__)
+    return module
+
+
+def sweep_configs(shape, k, n):
+    """(BLOCK_D, segments, warps, steps) to try: one channel a lane, 1, 2 or 4 steps a group (not 4 at d_state 16:
+    too many registers), segments for 24 to 192 programs a multiprocessor."""
+    configs = []
+    for steps in (1, 2) if n >= 16 else (1, 2, 4):
+        for warps_per_sm in (24, 48, 96, 192):
+            segments = triton_scan.pick_segments(shape[0] * k, shape[2], shape[3], 32, warps_per_sm)
+            if (32, segments, 1, steps) not in configs:
+                configs.append((32, segments, 1, steps))
+    return configs
 
 
 def unfused(args, bidirectional, low_precision=True):
@@ -96,8 +125,10 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-budget-s", type=float, default=150.0, help="stop sweeping after this long")
     ap.add_argument("--golden", help="sigma_golden_a.npz: check the fast fp32 path with fused scans against it")
+    ap.add_argument("--compare-with", metavar="FILE", help="another triton_scan.py to time at its default config")
     ap.add_argument("--json")
     args = ap.parse_args()
+    other = load_module(args.compare_with) if args.compare_with else None
     if not torch.cuda.is_available() or not triton_scan.triton_available():
         print("needs a CUDA device and triton", file=sys.stderr)
         return 1
@@ -125,9 +156,9 @@ def main() -> int:
     model = build_sigma(SigmaConfig.from_variant(args.variant, num_classes=9)).to(dev).eval()
     calls = record_calls(model, torch.randn(1, 3, h, w, device=dev), torch.randn(1, 3, h, w, device=dev))
     del model
-    total_unfused = total_fused = total_best = 0.0
+    total_unfused = total_fused = total_best = total_other = 0.0
     print(f"\n{'u shape':22} {'K':>2} {'N':>2} {'calls':>5} {'unfused':>9} {'fused':>9} {'ch-last':>9} {'rel err':>8}  "
-          "config (BLOCK_D, segments, warps, steps)")
+          + ("compared (ch-last)  " if other else "") + "config (BLOCK_D, segments, warps, steps)")
     deadline = time.perf_counter() + args.sweep_budget_s
     for (shape, k, n, bidirectional), count in sorted(calls.items(), key=lambda c: -np.prod(c[0][0]) * c[0][2]):
         inputs = make_inputs(shape, k, n, torch.bfloat16, dev)
@@ -139,21 +170,31 @@ def main() -> int:
             t_fused = graph_ms(lambda: triton_scan.scan_directions(*inputs, bidirectional))
             last = channels_last(inputs)
             t_fused_last = graph_ms(lambda: triton_scan.scan_directions(*last, bidirectional, channels_last=True))
+            if other is not None:
+                other_out = other.scan_directions(*last, bidirectional, channels_last=True)
+                other_err = ((other_out - reference.float()).norm() / reference.float().norm()).item()
+                t_other = graph_ms(lambda: other.scan_directions(*last, bidirectional, channels_last=True))
         config = triton_scan.pick_config(shape[0] * k, shape[2], shape[3], n)
         row = {"u_shape": shape, "directions": k, "d_state": n, "bidirectional": bidirectional, "calls": count,
                "unfused_ms": t_unfused, "fused_ms": t_fused, "fused_channels_last_ms": t_fused_last,
                "fused_rel_err": err, "config": config}
+        if other is not None:
+            row.update(compared_ms=t_other, compared_rel_err=other_err)
+            total_other += count * t_other
         if args.sweep and time.perf_counter() < deadline:
             best = (t_fused_last, config)
-            for bd, steps in itertools.product((16, 32), (2, 4)):
-                if n >= 16 and steps == 4 and bd == 32:
-                    continue  # 247 registers: too few warps
-                segs = triton_scan.pick_segments(shape[0] * k, shape[2], shape[3], bd)
-                for segments in sorted({segs, min(128, 2 * segs, max(1, shape[3] // 16))}):
-                    with torch.inference_mode():
-                        t = graph_ms(lambda: triton_scan.scan_directions(
-                            *last, bidirectional, channels_last=True, config=(bd, segments, 1, steps)), iters=20)
-                    best = min(best, (t, (bd, segments, 1, steps)))
+            row["sweep"] = []
+            for candidate in sweep_configs(shape, k, n):
+                if time.perf_counter() > deadline:
+                    break
+                with torch.inference_mode():
+                    run = lambda: triton_scan.scan_directions(  # noqa: E731
+                        *last, bidirectional, channels_last=True, config=candidate)
+                    candidate_err = ((run() - reference.float()).norm() / reference.float().norm()).item()
+                    t = graph_ms(run, iters=20)
+                row["sweep"].append((candidate, t, candidate_err))
+                if candidate_err < 1e-5:
+                    best = min(best, (t, candidate))
             row["best_ms"], row["best_config"] = best
             total_best += count * best[0]
         else:
@@ -162,9 +203,12 @@ def main() -> int:
         total_fused += count * t_fused
         out["calls"].append(row)
         print(f"{str(shape):22} {k:2d} {n:2d} {count:5d} {t_unfused:7.3f}ms {t_fused:7.3f}ms {t_fused_last:7.3f}ms "
-              f"{err:8.1e}  {row['config']}" + (f"  best {row['best_config']} {row['best_ms']:.3f}ms"
+              f"{err:8.1e}  " + (f"{t_other:7.3f}ms {other_err:7.1e}  " if other else "") + f"{row['config']}" + (f"  best {row['best_config']} {row['best_ms']:.3f}ms"
                                                 if "best_ms" in row else ""), flush=True)
     out.update(scan_ms_per_forward_unfused=total_unfused, scan_ms_per_forward_fused=total_fused)
+    if other is not None:
+        out["scan_ms_per_forward_compared"] = total_other
+        print(f"per forward, the compared module ({args.compare_with}) at its defaults: {total_other:.2f} ms")
     print(f"\nper Sigma-{args.variant} forward: unfused scans {total_unfused:.2f} ms, fused {total_fused:.2f} ms, "
           f"fused at the best layout/config measured {total_best:.2f} ms")
     out["scan_ms_per_forward_best"] = total_best

@@ -47,6 +47,7 @@ def _inputs(g, batch, groups, bidirectional, dim, seq_len, d_state, dt_rank=3, d
     (1, False, 3, 20, 4, (4, 1, 1, 2)),  # CroMB: one direction, plain store, one segment
     (1, True, 4, 29, 4, (4, 2, 1, 4)),   # four steps in flight, the last group partly past the end
     (2, True, 4, 9, 8, None),            # a 9-step sequence, default config
+    (1, True, 3, 70, 4, (2, 23, 1, 2)),  # 23 segments: the fold walks several groups of summaries
 ])
 def test_fused_scan_equals_flipped_copies(kernel, groups, bidirectional, dim, seq_len, d_state, config):
     g = torch.Generator().manual_seed(seq_len)

@@ -170,11 +170,12 @@ class SSMParams(nn.Module):
         b, g, d, seq_len = u.shape
         weight = self.x_proj_weight.view(self.K // g, g, -1, d)
         split = [self.dt_rank, self.d_state, self.d_state]
-        if channels_last:
-            x_dbl = torch.einsum("bgld,rgcd->brglc", u.transpose(-1, -2), weight).reshape(b, self.K, seq_len, -1)
-            dts, bs, cs = torch.split(x_dbl, split, dim=3)
+        if channels_last:  # B and C from their own projection: one aligned row of 2N per position, vector loads
+            u_t, r = u.transpose(-1, -2), self.dt_rank
+            dts = torch.einsum("bgld,rgcd->brglc", u_t, weight[:, :, :r]).reshape(b, self.K, seq_len, r)
+            bcs = torch.einsum("bgld,rgcd->brglc", u_t, weight[:, :, r:]).reshape(b, self.K, seq_len, -1)
             dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-            dts, bs, cs = (t.transpose(-1, -2) for t in (dts, bs, cs))
+            dts, bs, cs = (t.transpose(-1, -2) for t in (dts, *bcs.chunk(2, dim=3)))
         else:
             x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
             dts, bs, cs = torch.split(x_dbl, split, dim=2)
@@ -343,9 +344,9 @@ class CrossMambaSSM(nn.Module):
 
     def _project(self, u: torch.Tensor, i: int):
         """u (B, D, L) -> dt (B, D, L), B (B, N, L), C (B, N, L) of modality i."""
-        x_dbl = getattr(self, f"x_proj_{i}")(u.transpose(1, 2))  # (B, L, R+2N)
-        dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = dt @ getattr(self, f"dt_proj_{i}").weight.t()
+        weight, u_t = getattr(self, f"x_proj_{i}").weight, u.transpose(1, 2)
+        dt = F.linear(F.linear(u_t, weight[:self.dt_rank]), getattr(self, f"dt_proj_{i}").weight)
+        b, c = F.linear(u_t, weight[self.dt_rank:]).chunk(2, dim=-1)  # one aligned (B, L, 2N): vector loads
         return dt.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2)
 
     def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each

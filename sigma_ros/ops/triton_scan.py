@@ -12,12 +12,14 @@ This kernel instead
 - adds a reversed direction's output onto its forward twin: at most two addends on a zeroed buffer, so the sum is
   exact and independent of their order.
 
-Layout: a program owns BLOCK_D channels of one (batch, direction); its tiles are (N, BLOCK_D), so a channel's N
-states sit in the registers of one thread (or two, for 16-channel blocks) and the sum over states needs no
-shuffles. Each thread steps through the sequence; the loads of the next steps do not depend on the state and are
-issued ahead of the arithmetic. A sequence too long for the GPU to fill with channels alone is cut into segments
-scanned in parallel: a first pass records each segment's end state (from zero) and summed dt, the second folds
-those into each segment's entering state and scans it again, writing outputs.
+Layout: a program owns BLOCK_D (32) channels of one (batch, direction); its tiles are (N, BLOCK_D), one channel
+a lane, so a channel's N states sit in one thread's registers and the sum over states needs no shuffles. Each
+thread steps through the sequence, software-pipelined: the loads of the next group of steps (they do not depend on
+the state) are issued before the current group's arithmetic. B and C of a step load as whole vectors when they are
+a contiguous, aligned row (the model projects them into their own (batch, K, L, 2N) tensor for this). A sequence
+too long for the GPU to fill with channels alone is cut into segments scanned in parallel: a first pass records
+each segment's end state (from zero) and summed dt, the second folds those into each segment's entering state and
+scans it again, writing outputs.
 
 Interface (``scan_directions``):
     u      (batch, G, dim, L)   the G base sequences
@@ -64,15 +66,17 @@ if triton is not None:
     @triton.jit
     def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, offs_n,
                      mask_d):
-        """Loads of one step (none depend on the state, so a group of steps can be in flight together)."""
+        """Loads of one step (none depend on the state, so a group of steps can be in flight together).
+
+        A step past the segment's end reads a clamped position and is marked invalid (it changes nothing): no
+        per-element masks, so B and C load as whole vectors."""
+        valid = (offs_d * 0 + t) < t_end  # per element: Triton's interpreter (the tests) rejects a scalar mask
+        t = tl.minimum(t, L - 1)
         pos = tl.where(reverse, L - 1 - t, t)
-        # per-element masks (Triton's interpreter, which the tests use, rejects a scalar mask)
-        valid = (offs_d * 0 + t) < t_end
-        valid_n = (offs_n * 0 + t) < t_end
-        u = tl.load(u_rows + pos * su_l, mask=mask_d & valid, other=0.0).to(tl.float32)
-        dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d & valid, other=0.0).to(tl.float32)
-        b = tl.load(b_col + pos * sb_l, mask=valid_n, other=0.0).to(tl.float32)
-        c = tl.load(c_col + pos * sc_l, mask=valid_n, other=0.0).to(tl.float32)
+        u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
+        dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32)
+        b = tl.load(b_col + pos * sb_l).to(tl.float32)
+        c = tl.load(c_col + pos * sc_l).to(tl.float32)
         return pos, valid, u, dt, b, c
 
     @triton.jit
@@ -99,6 +103,62 @@ if triton is not None:
         return h, dt_sum
 
     @triton.jit
+    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, offs_n,
+                      mask_d, STEPS: tl.constexpr):
+        """The loads of STEPS (a power of two) consecutive steps from t, as a tuple."""
+        if STEPS == 1:
+            return (_step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d,
+                                 offs_n, mask_d),)
+        else:
+            half: tl.constexpr = STEPS // 2
+            return (_group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d,
+                                  offs_n, mask_d, half)
+                    + _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + half, t_end, L,
+                                    reverse, offs_d, offs_n, mask_d, half))
+
+    @triton.jit
+    def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
+                       ACCUMULATE: tl.constexpr, STEPS: tl.constexpr):
+        for i in tl.static_range(STEPS):
+            pos, valid, u, dt, b, c = group[i]
+            h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c, OUTPUT,
+                                 ACCUMULATE)
+        return h, dt_sum
+
+    @triton.jit
+    def _summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N: tl.constexpr):
+        """Segment j's summary (end state from zero, summed dt), masked to nothing (an identity fold) if j >= seg."""
+        mask_j = mask_d & ((offs_d * 0 + j) < seg)
+        h_j = tl.load(h_seg_ptr + ((first_seg + j) * N + offs_n[:, None]) * D + offs_d[None, :],
+                      mask=mask_j[None, :], other=0.0)
+        dt_j = tl.load(dt_seg_ptr + (first_seg + j) * D + offs_d, mask=mask_j, other=0.0)
+        return h_j, dt_j
+
+    @triton.jit
+    def _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N: tl.constexpr,
+                       FOLD: tl.constexpr):
+        """FOLD (a power of two) consecutive summaries from j, as a tuple."""
+        if FOLD == 1:
+            return (_summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N),)
+        else:
+            half: tl.constexpr = FOLD // 2
+            return (_summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N, half)
+                    + _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + half, seg, D, offs_n, offs_d, mask_d, N,
+                                     half))
+
+    @triton.jit
+    def _fold(h, a, group, FOLD: tl.constexpr):
+        """Carry a state across summarised segments: h <- exp(A sum dt) h + (the segment's end state from zero)."""
+        for i in tl.static_range(FOLD):
+            h_j, dt_j = group[i]
+            h = tl.exp2(dt_j[None, :] * a) * h + h_j
+        return h
+
+    # Alignment of A and of the segment summaries stays unknown to Triton on purpose: proven 16-byte alignment makes it
+    # load those (N, BLOCK_D) tiles as 4-channel vectors, and the whole program then follows that layout, which spreads
+    # a channel's states over 4 lanes (4x the softplus work, shuffles for every output). Unaligned, each lane keeps one
+    # channel and all its states.
+    @triton.jit(do_not_specialize=["a_ptr", "h_seg_ptr"])
     def _scan_directions_kernel(
         u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, y_ptr, h_seg_ptr, dt_seg_ptr,
         L, D, K, SEG, SEGMENTS,
@@ -108,14 +168,17 @@ if triton is not None:
         sc_b, sc_k, sc_n, sc_l,
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr,
-        BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
+        BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
         OUTPUT=False (first pass, every segment but the last): the segment's end state from a zero start and its
         summed dt, which together carry a state across the segment. OUTPUT=True: fold the earlier segments into the
-        entering state, then scan the segment and write y. Steps go in groups of STEPS (1, 2 or 4) whose loads are
-        issued first.
+        entering state, then scan the segment and write y.
+
+        The loop is software-pipelined by hand: it walks the segment in groups of STEPS steps (1, 2 or 4) and
+        issues the next group's loads before the current group's arithmetic, so a memory latency is paid once per
+        segment rather than once per group. Two groups alternate roles, which needs no register copies.
         """
         pid_bk = tl.program_id(0)
         seg = tl.program_id(2)
@@ -142,34 +205,28 @@ if triton is not None:
 
         h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
         dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
-        if OUTPUT:
-            for j in range(0, seg):  # state entering this segment, from the first pass's segment summaries
-                h_j = tl.load(h_seg_ptr + ((first_seg + j) * N + offs_n[:, None]) * D + offs_d[None, :],
-                              mask=mask_d[None, :], other=0.0)
-                dt_j = tl.load(dt_seg_ptr + (first_seg + j) * D + offs_d, mask=mask_d, other=0.0)
-                h = tl.exp2(dt_j[None, :] * a) * h + h_j
-        t_end = tl.minimum(seg * SEG + SEG, L)
-        for t in range(seg * SEG, t_end, STEPS):
-            p0, v0, u0, d0, b0, c0 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t,
-                                                  t_end, L, reverse, offs_d, offs_n, mask_d)
-            if STEPS >= 2:
-                p1, v1, u1, d1, b1, c1 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 1,
-                                                      t_end, L, reverse, offs_d, offs_n, mask_d)
-            if STEPS >= 4:
-                p2, v2, u2, d2, b2, c2 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2,
-                                                      t_end, L, reverse, offs_d, offs_n, mask_d)
-                p3, v3, u3, d3, b3, c3 = _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 3,
-                                                      t_end, L, reverse, offs_d, offs_n, mask_d)
-            h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p0, v0, u0, d0, b0, c0, OUTPUT,
-                                 ACCUMULATE)
-            if STEPS >= 2:
-                h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p1, v1, u1, d1, b1, c1,
-                                     OUTPUT, ACCUMULATE)
-            if STEPS >= 4:
-                h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p2, v2, u2, d2, b2, c2,
-                                     OUTPUT, ACCUMULATE)
-                h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, p3, v3, u3, d3, b3, c3,
-                                     OUTPUT, ACCUMULATE)
+        if OUTPUT:  # the state entering this segment, from the first pass's summaries of the earlier ones
+            even = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, 0, seg, D, offs_n, offs_d, mask_d, N, FOLD)
+            for j in range(0, seg, 2 * FOLD):
+                odd = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + FOLD, seg, D, offs_n, offs_d, mask_d, N,
+                                     FOLD)
+                h = _fold(h, a, even, FOLD)
+                even = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + 2 * FOLD, seg, D, offs_n, offs_d,
+                                      mask_d, N, FOLD)
+                h = _fold(h, a, odd, FOLD)
+        t_start = seg * SEG
+        t_end = tl.minimum(t_start + SEG, L)
+        even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
+                             offs_d, offs_n, mask_d, STEPS)
+        for t in range(t_start, t_end, 2 * STEPS):
+            odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
+                                reverse, offs_d, offs_n, mask_d, STEPS)
+            h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, even, OUTPUT, ACCUMULATE,
+                                       STEPS)
+            even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
+                                 reverse, offs_d, offs_n, mask_d, STEPS)
+            h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, odd, OUTPUT, ACCUMULATE,
+                                       STEPS)
         if not OUTPUT:
             tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
                      mask=mask_d[None, :])
@@ -182,22 +239,19 @@ def _multiprocessors(device_index: int) -> int:
 
 
 def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
-    """(BLOCK_D, segments, num_warps, steps) for a scan shape, from a sweep on an H100 (bench/bench_gpu_scan.py).
-
-    32 channels a warp for d_state 16 and wide layers, else 16 (a channel's states then sit on two threads: fewer
-    registers, more warps); two steps' loads in flight; the sequence cut into segments until there are about 48 warps
-    per multiprocessor (at most 64 segments, none shorter than 16 steps). bench/RESULTS.md lists the configs a later
-    sweep found faster for the d_state-4 scans (more segments, four steps in flight).
-    """
-    block_d = 32 if d_state >= 16 or dim >= 768 else 16
-    return block_d, pick_segments(batch_dirs, dim, seq_len, block_d), 1, 2
+    """(BLOCK_D, segments, num_warps, steps) for a scan shape, from a sweep over Sigma's scans on an H100
+    (bench/bench_gpu_scan.py --sweep; bench/RESULTS.md): one channel a lane, groups of two steps, and the sequence
+    cut into segments until there are about 24 programs a multiprocessor. More segments fill the GPU further but
+    repeat more work (the second pass, the fold of the summaries); at 24 the measured time was lowest for every
+    scan of Sigma-T, at d_state 16 and 4 alike."""
+    return 32, pick_segments(batch_dirs, dim, seq_len, 32), 1, 2
 
 
-def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int) -> int:
-    """Segments for about 48 one-warp programs per multiprocessor: at most 64, none shorter than 16 steps."""
+def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_per_sm: int = 24) -> int:
+    """Segments for about ``warps_per_sm`` one-warp programs per multiprocessor: at most 256, none under 16 steps."""
     sms = _multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 132
     warps = batch_dirs * math.ceil(dim / block_d)
-    return max(1, min(64, math.ceil(48 * sms / warps), seq_len // 16))
+    return max(1, min(256, math.ceil(warps_per_sm * sms / warps), seq_len // 16))
 
 
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -233,7 +287,8 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         seq_len, dim, k_dirs, seg_len, segments,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, BLOCK_D=block_d, STEPS=steps, num_warps=num_warps)
+    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, BLOCK_D=block_d, STEPS=steps,
+                FOLD=max(1, 16 // d_state), num_warps=num_warps)  # summaries in flight: more would cost occupancy
     d_blocks = math.ceil(dim / block_d)
     if segments > 1:  # the last segment's summary is never needed
         _scan_directions_kernel[(batch * k_dirs, d_blocks, segments - 1)](*args, OUTPUT=False, **meta)

@@ -14,7 +14,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from sigma_ros.model.sigma import SS2D, ConcatMambaFusion, CrossMambaFusion, fused_scans, scan_directions  # noqa: E402
+from sigma_ros.model.sigma import (  # noqa: E402
+    SS2D, ConcatMambaFusion, CrossMambaFusion, fused_norms, fused_scans, scan_directions)
 
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -99,8 +100,9 @@ def test_fused_scan_custom_op_fake_matches(kernel):
 
 @pytest.mark.parametrize("block,d_state", [("ss2d", 4), ("cromb", 4), ("conmb", 4), ("ss2d", 3)])
 def test_blocks_with_fused_scans_match_unfused(kernel, block, d_state):
-    """Each block type that scans gives the same output through the fused kernel (SS2D: 4 directions of 2 base
-    orders; CroMB: C exchanged, one direction; ConMB: concatenated sequence forwards + reversed); a state size the
+    """Each block type that scans gives the same output through the fused kernels (SS2D: 4 directions of 2 base
+    orders, merged by the fused norm with its gate; CroMB: C exchanged, one direction; ConMB: concatenated sequence
+    forwards + reversed); a state size the
     kernel does not take (3) must fall back to the unfused path instead of failing. The interpreter
     is slow per element, so the blocks are tiny; the whole network is compared on the GPU by the benchmark."""
     g = torch.Generator().manual_seed(4)
@@ -115,7 +117,7 @@ def test_blocks_with_fused_scans_match_unfused(kernel, block, d_state):
     module, args = module.to(DEVICE), tuple(t.to(DEVICE) for t in args)
     with torch.no_grad():
         reference = module(*args)
-        with fused_scans():
+        with fused_scans(), fused_norms():
             fused = module(*args)
     for r, f in zip(*(o if isinstance(o, tuple) else (o,) for o in (reference, fused))):
         assert (f - r).abs().max().item() < 1e-5

@@ -5,8 +5,9 @@ per input shape and replaying it removes the launch overhead. The graph owns sta
 get a copy of the output.
 
 Scans go through one fused Triton kernel per call (``ops.triton_scan``: reversed directions read in place, each
-sequence's directions summed in the kernel) when Triton is available; ``fused_scan=False`` keeps mamba-ssm's kernel
-on flipped copies, as does forcing a scan backend with SIGMA_SCAN_BACKEND.
+sequence's directions summed in the kernel) and LayerNorms through another (``ops.triton_norm``: writes the dtype
+its consumer needs; SS2D's merge and gate inside) when Triton is available; ``fused_scan=False`` keeps mamba-ssm's
+kernel on flipped copies and torch's LayerNorm, as does forcing a scan backend with SIGMA_SCAN_BACKEND.
 
 ``compile=True`` additionally runs the model through ``torch.compile`` (Inductor fuses the LayerNorms, casts,
 gating and cross-scan copies between the scans) with the selective scan as an opaque custom op, so the whole
@@ -22,7 +23,7 @@ import torch
 from ..ops import triton_scan
 from ..ops.selective_scan import ENV_VAR
 from ..ops.selective_scan import selective_scan as ops_selective_scan
-from .sigma import fused_scans, low_precision_scan_inputs, scan_implementation
+from .sigma import fused_norms, fused_scans, low_precision_scan_inputs, scan_implementation
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int =
         # cuDNN convolutions default to TF32 (~1e-3 error); fp32 means fp32 here, so the golden parity holds.
         with torch.autocast("cuda", dtype=dtype, enabled=low), low_precision_scan_inputs(low), \
                 torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=low), \
-                scan_implementation(scan), fused_scans(fused):
+                scan_implementation(scan), fused_scans(fused), fused_norms(fused):
             return model(rgb, x).float()
 
     eager = torch.compile(run, dynamic=False, fullgraph=False) if compile else run

@@ -78,6 +78,46 @@ def fused_scan_applies(x: torch.Tensor, d_state: int) -> bool:
     return triton_scan.runs_on(x) and triton_scan.supports(d_state)
 
 
+# ... and its LayerNorms to one Triton kernel each (``ops.triton_norm``), see :class:`LayerNorm`.
+_fused_norms = False
+
+
+def fused_norms(enabled: bool = True):
+    return _switched("_fused_norms", enabled)
+
+
+class LayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters and keys) that can add a second input and gate the result by SiLU:
+    ``LN(x [+ other]) [* SiLU(gate)]``.
+
+    On the fast path (``fused_norms``, inference) this is one Triton kernel (``ops.triton_norm``) that writes the
+    dtype the consumer needs instead of float32 plus a cast: a gated norm the gate's dtype, one that ``feeds_matmul``
+    (its output goes straight into a Linear or convolution, which autocast would cast) the autocast dtype, others
+    float32, as autocast does. Everywhere else it is the plain float32 LayerNorm of the official code.
+    """
+
+    def __init__(self, dim: int, feeds_matmul: bool = False):
+        super().__init__(dim)
+        self.feeds_matmul = feeds_matmul
+
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None,
+                gate: torch.Tensor | None = None) -> torch.Tensor:
+        if _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            from ..ops import triton_norm
+
+            if triton_norm.runs_on(x):
+                return triton_norm.layer_norm(x, self.weight, self.bias, self.eps, other, gate, self._out_dtype(x, gate))
+        y = super().forward(x if other is None else x + other)
+        return y if gate is None else y.to(gate.dtype) * F.silu(gate)
+
+    def _out_dtype(self, x: torch.Tensor, gate: torch.Tensor | None) -> torch.dtype:
+        if gate is not None:
+            return gate.dtype
+        if not torch.is_autocast_enabled(x.device.type):
+            return x.dtype
+        return torch.get_autocast_dtype(x.device.type) if self.feeds_matmul else torch.float32
+
+
 def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, channels_last: bool = False):
     """Scan each base sequence of u in its directions and sum the outputs per sequence.
 
@@ -212,34 +252,32 @@ class SS2D(SSMParams):
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
         self.conv2d = _depthwise_conv(d_inner)
         self._init_ssm(4, d_inner, d_state, math.ceil(d_model / 16))
-        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_norm = LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = self._cross_scan(x)
-        return self.out_proj(y * F.silu(z))
+        rows, cols = self._cross_scan(x)
+        return self.out_proj(self.out_norm(rows, other=cols, gate=z))  # LN(rows + cols) * SiLU(z)
 
-    def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
-        """Scan row-major, column-major and both reversed; merge back. (B, D, H, W) -> (B, H, W, D)."""
+    def _cross_scan(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scan row-major, column-major and both reversed. (B, D, H, W) -> the row-order and the column-order
+        outputs (each already summed with its reversed twin) as (B, H, W, D) views, to be merged by the norm."""
         b, d, h, w = x.shape
         if fused_scan_applies(x, self.d_state):  # channels-last: the fused kernel's loads and stores are then contiguous
             x = x.permute(0, 2, 3, 1)
             u = torch.stack([x.reshape(b, h * w, d), x.transpose(1, 2).reshape(b, h * w, d)], dim=1)
             ys = self._scan(u.transpose(-1, -2), bidirectional=True, channels_last=True).transpose(-1, -2)
-            y = ys[:, 0].view(b, h, w, d) + ys[:, 1].view(b, w, h, d).transpose(1, 2)
-        else:
-            ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
-            y = ys[:, 0] + ys[:, 1].view(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
-            y = y.transpose(1, 2).reshape(b, h, w, d)
-        return self.out_norm(y).to(x.dtype)
+            return ys[:, 0].view(b, h, w, d), ys[:, 1].view(b, w, h, d).transpose(1, 2)
+        ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
+        return ys[:, 0].view(b, d, h, w).permute(0, 2, 3, 1), ys[:, 1].view(b, d, w, h).permute(0, 3, 2, 1)
 
 
 class VSSBlock(nn.Module):
     def __init__(self, dim: int, d_state: int, ssm_ratio: float, drop_path: float):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim, feeds_matmul=True)
         self.op = SS2D(dim, d_state, ssm_ratio)
         self.drop_path = DropPath(drop_path)
 
@@ -251,7 +289,7 @@ class PatchMerging2D(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(4 * dim)
+        self.norm = LayerNorm(4 * dim, feeds_matmul=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), 2C)
         h, w = x.shape[1:3]
@@ -268,7 +306,7 @@ class VMambaBackbone(nn.Module):
         super().__init__()
         dims = cfg.dims
         self.patch_embed = nn.Sequential(
-            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), Permute(0, 2, 3, 1), nn.LayerNorm(dims[0])
+            nn.Conv2d(3, dims[0], kernel_size=4, stride=4), Permute(0, 2, 3, 1), LayerNorm(dims[0])
         )
         rates = _linspace(cfg.drop_path_rate, sum(cfg.depths))
         self.layers = nn.ModuleList()
@@ -281,7 +319,7 @@ class VMambaBackbone(nn.Module):
             stage.add_module("downsample", PatchMerging2D(dims[i]) if i < 3 else nn.Identity())
             self.layers.append(stage)
         for i in range(4):
-            self.add_module(f"outnorm{i}", nn.LayerNorm(dims[i]))
+            self.add_module(f"outnorm{i}", LayerNorm(dims[i]))
         self.apply(_vmamba_init)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -331,8 +369,8 @@ class CrossMambaSSM(nn.Module):
         self.A_log_2 = nn.Parameter(_a_log_init(d_state, d_inner))
         self.D_1 = nn.Parameter(torch.ones(d_inner))
         self.D_2 = nn.Parameter(torch.ones(d_inner))
-        self.out_norm_1 = nn.LayerNorm(d_inner)
-        self.out_norm_2 = nn.LayerNorm(d_inner)
+        self.out_norm_1 = LayerNorm(d_inner, feeds_matmul=True)
+        self.out_norm_2 = LayerNorm(d_inner, feeds_matmul=True)
 
     def _dt_proj(self, d_inner: int) -> nn.Linear:
         dt_proj = nn.Linear(self.dt_rank, d_inner)
@@ -403,8 +441,8 @@ class ConcatMambaFusion(SSMParams):
         self.conv2d = _depthwise_conv(d_inner)
         self.conv2d_modalx = _depthwise_conv(d_inner)
         self._init_ssm(2, d_inner, d_state, math.ceil(d_model / 16))
-        self.out_norm1 = nn.LayerNorm(d_inner)
-        self.out_norm2 = nn.LayerNorm(d_inner)
+        self.out_norm1 = LayerNorm(d_inner)
+        self.out_norm2 = LayerNorm(d_inner)
         self.out_proj = nn.Linear(2 * d_inner, d_model, bias=False)
         self.fc1 = _squeeze_excite(d_inner)
         self.fc2 = _squeeze_excite(d_inner)
@@ -499,12 +537,12 @@ class ChannelAttentionBlock(nn.Module):
 class CVSSDecoderBlock(nn.Module):
     def __init__(self, dim: int, d_state: int, ssm_ratio: float, drop_path: float):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim, feeds_matmul=True)
         self.scale1 = nn.Parameter(torch.ones(dim))
         self.op = SS2D(dim, d_state, ssm_ratio)
         self.drop_path = DropPath(drop_path)
         self.conv_blk = ChannelAttentionBlock(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim, feeds_matmul=True)
         self.scale2 = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
@@ -518,7 +556,7 @@ class PatchExpand(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.expand = nn.Linear(dim, 2 * dim, bias=False)
-        self.norm = nn.LayerNorm(dim // 2)
+        self.norm = LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.expand(x)
@@ -537,7 +575,7 @@ class UpsampleExpand(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.linear = nn.Linear(dim, dim // 2, bias=False)
-        self.norm = nn.LayerNorm(dim // 2)
+        self.norm = LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(_upsample2x(self.linear(x)))
@@ -548,7 +586,7 @@ class FinalUpsampleX4(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(dim, dim, bias=False)
         self.linear2 = nn.Linear(dim, dim, bias=False)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim, feeds_matmul=True)  # into the 1x1 output conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(_upsample2x(self.linear2(_upsample2x(self.linear1(x)))))
@@ -579,7 +617,7 @@ class MambaDecoder(nn.Module):
             self.layers_up.append(
                 MambaUp(e * 2**i, cfg.decoder_depths[i], cfg.decoder_d_state, cfg.ssm_ratio, stage_rates[i], i > 0)
             )
-        self.norm_up = nn.LayerNorm(e)
+        self.norm_up = LayerNorm(e, feeds_matmul=True)
         self.up = FinalUpsampleX4(e)
         self.output = nn.Conv2d(e, cfg.num_classes, kernel_size=1, bias=False)
 

@@ -1,4 +1,5 @@
-"""Compute kernels: the selective scan and its backends (see :mod:`sigma_ros.ops.selective_scan`)."""
+"""Compute kernels: the selective scan and its backends (see :mod:`sigma_ros.ops.selective_scan`), and the fused
+Triton kernels of the GPU fast path (:mod:`sigma_ros.ops.triton_scan`, :mod:`sigma_ros.ops.triton_norm`)."""
 from __future__ import annotations
 
 from .selective_scan import (

@@ -1,0 +1,97 @@
+"""LayerNorm over the channels of channels-last maps in one Triton kernel (inference fast path).
+
+Under autocast, PyTorch runs every LayerNorm in float32 and the next Linear casts the result back to bf16/fp16:
+two passes over a float32 map where one would do. Sigma has about 95 LayerNorms a forward, and SS2D adds its two
+scan orders and gates the normalised sum by SiLU(z) around one of them. This kernel reads its inputs in whatever
+dtype and strides they come in, keeps the statistics in float32, and writes the dtype its consumer needs:
+
+    y = LayerNorm(x [+ other]) [* SiLU(gate)]
+
+x, other and gate are (batch, H, W, C) maps (other, for instance, the transposed view of SS2D's column-order scan);
+inputs of another rank are viewed as such. The result is a new contiguous tensor of x's shape.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs
+    triton = None
+
+__all__ = ["layer_norm", "runs_on"]
+
+
+def runs_on(t: torch.Tensor) -> bool:
+    """CUDA tensors, or any under Triton's CPU interpreter (tests)."""
+    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+if triton is not None:
+
+    @triton.jit
+    def _row_offsets(rows, H, W, s_b, s_h, s_w):
+        return (rows // (H * W)) * s_b + ((rows // W) % H) * s_h + (rows % W) * s_w
+
+    @triton.jit
+    def _layer_norm_kernel(
+        x_ptr, other_ptr, gate_ptr, w_ptr, b_ptr, y_ptr, n_rows, H, W, C, eps,
+        sx_b, sx_h, sx_w, sx_c, so_b, so_h, so_w, so_c, sg_b, sg_h, sg_w, sg_c,
+        HAS_OTHER: tl.constexpr, HAS_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+    ):
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+        cols = tl.arange(0, BLOCK_C)
+        mask = (rows < n_rows)[:, None] & (cols < C)[None, :]
+        x = tl.load(x_ptr + _row_offsets(rows, H, W, sx_b, sx_h, sx_w)[:, None] + cols[None, :] * sx_c, mask=mask,
+                    other=0.0).to(tl.float32)
+        if HAS_OTHER:
+            x += tl.load(other_ptr + _row_offsets(rows, H, W, so_b, so_h, so_w)[:, None] + cols[None, :] * so_c,
+                         mask=mask, other=0.0).to(tl.float32)
+        mean = tl.sum(x, axis=1) / C
+        centred = tl.where(mask, x - mean[:, None], 0.0)
+        rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
+        weight = tl.load(w_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+        bias = tl.load(b_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+        y = centred * rstd[:, None] * weight[None, :] + bias[None, :]
+        if HAS_GATE:
+            g = tl.load(gate_ptr + _row_offsets(rows, H, W, sg_b, sg_h, sg_w)[:, None] + cols[None, :] * sg_c,
+                        mask=mask, other=0.0).to(tl.float32)
+            y = y * g * tl.sigmoid(g)
+        tl.store(y_ptr + rows[:, None] * C + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _as_maps(t: torch.Tensor) -> torch.Tensor:
+    """View (..., C) as (batch, H, W, C) without copying where the strides allow."""
+    while t.dim() < 4:
+        t = t.unsqueeze(0)
+    return t.flatten(0, t.dim() - 4) if t.dim() > 4 else t
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
+               other: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """LayerNorm(x + other) * SiLU(gate) over the last dimension; see the module docstring."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    channels = x.shape[-1]
+    for t in (other, gate):
+        if t is not None and t.shape != x.shape:
+            raise ValueError(f"shape mismatch: {tuple(t.shape)} against x {tuple(x.shape)}")
+    maps = _as_maps(x)
+    other_maps = _as_maps(other) if other is not None else maps
+    gate_maps = _as_maps(gate) if gate is not None else maps
+    y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+    batch, height, width, _ = maps.shape
+    n_rows = batch * height * width
+    block_c = triton.next_power_of_2(channels)
+    rows = max(1, 2048 // block_c)
+    _layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
+        maps, other_maps, gate_maps, weight, bias, y, n_rows, height, width, channels, eps,
+        *maps.stride(), *other_maps.stride(), *gate_maps.stride(),
+        HAS_OTHER=other is not None, HAS_GATE=gate is not None, ROWS=rows, BLOCK_C=block_c,
+        num_warps=4 if block_c * rows <= 2048 else 8,
+    )
+    return y

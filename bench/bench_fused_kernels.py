@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import sys
 
 import torch
@@ -23,22 +22,8 @@ from sigma_ros.model import SigmaConfig, build_sigma
 from sigma_ros.ops import triton_scan
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from bench_gpu_inference import timed  # noqa: E402
 from bench_gpu_scan import load_module  # noqa: E402
-
-
-def median_ms(fn, *args, warmup=5, iters=30) -> float:
-    for _ in range(warmup):
-        fn(*args)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(*args)
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 @contextlib.contextmanager
@@ -78,7 +63,7 @@ def main() -> int:
                 with variant_of_fast_path(**kwargs):
                     forward = fast.build_fast_forward(model, torch.bfloat16)
                     agree = (forward(rgb, x).argmax(1) == reference).float().mean().item() * 100
-                    print(f"Sigma-{variant:5} {name:28} {median_ms(forward, rgb, x):6.2f} ms  argmax = fp32 on "
+                    print(f"Sigma-{variant:5} {name:28} {timed(forward, rgb, x, iters=30):6.2f} ms  argmax = fp32 on "
                           f"{agree:.2f} %", flush=True)
     return 0
 

@@ -209,7 +209,6 @@ class SSMParams(nn.Module):
         """
         b, g, d, seq_len = u.shape
         weight = self.x_proj_weight.view(self.K // g, g, -1, d)
-        split = [self.dt_rank, self.d_state, self.d_state]
         if channels_last:  # B and C from their own projection: one aligned row of 2N per position, vector loads
             u_t, r = u.transpose(-1, -2), self.dt_rank
             dts = torch.einsum("bgld,rgcd->brglc", u_t, weight[:, :, :r]).reshape(b, self.K, seq_len, r)
@@ -218,7 +217,7 @@ class SSMParams(nn.Module):
             dts, bs, cs = (t.transpose(-1, -2) for t in (dts, *bcs.chunk(2, dim=3)))
         else:
             x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
-            dts, bs, cs = torch.split(x_dbl, split, dim=2)
+            dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
             dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         return scan_directions(u, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
                                self.dt_projs_bias.reshape(-1).float(), bidirectional, channels_last)

@@ -12,8 +12,6 @@ inputs of another rank are viewed as such. The result is a new contiguous tensor
 """
 from __future__ import annotations
 
-import os
-
 import torch
 
 try:
@@ -22,12 +20,9 @@ try:
 except ImportError:  # pragma: no cover - CPU-only installs
     triton = None
 
+from .triton_scan import runs_on  # one rule for where the Triton kernels run
+
 __all__ = ["layer_norm", "runs_on"]
-
-
-def runs_on(t: torch.Tensor) -> bool:
-    """CUDA tensors, or any under Triton's CPU interpreter (tests)."""
-    return triton is not None and (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:

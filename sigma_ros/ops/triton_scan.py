@@ -64,8 +64,7 @@ def runs_on(t: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, offs_n,
-                     mask_d):
+    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, mask_d):
         """Loads of one step (none depend on the state, so a group of steps can be in flight together).
 
         A step past the segment's end reads a clamped position and is marked invalid (it changes nothing): no
@@ -103,18 +102,18 @@ if triton is not None:
         return h, dt_sum
 
     @triton.jit
-    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, offs_n,
-                      mask_d, STEPS: tl.constexpr):
+    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, mask_d,
+                      STEPS: tl.constexpr):
         """The loads of STEPS (a power of two) consecutive steps from t, as a tuple."""
         if STEPS == 1:
             return (_step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d,
-                                 offs_n, mask_d),)
+                                 mask_d),)
         else:
             half: tl.constexpr = STEPS // 2
             return (_group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d,
-                                  offs_n, mask_d, half)
+                                  mask_d, half)
                     + _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + half, t_end, L,
-                                    reverse, offs_d, offs_n, mask_d, half))
+                                    reverse, offs_d, mask_d, half))
 
     @triton.jit
     def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
@@ -177,8 +176,8 @@ if triton is not None:
         entering state, then scan the segment and write y.
 
         The loop is software-pipelined by hand: it walks the segment in groups of STEPS steps (1, 2 or 4) and
-        issues the next group's loads before the current group's arithmetic, so a memory latency is paid once per
-        segment rather than once per group. Two groups alternate roles, which needs no register copies.
+        issues the next group's loads before the current group's arithmetic, so their latency overlaps that work
+        instead of stalling every group. Two groups alternate roles, which needs no register copies.
         """
         pid_bk = tl.program_id(0)
         seg = tl.program_id(2)
@@ -217,14 +216,14 @@ if triton is not None:
         t_start = seg * SEG
         t_end = tl.minimum(t_start + SEG, L)
         even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
-                             offs_d, offs_n, mask_d, STEPS)
+                             offs_d, mask_d, STEPS)
         for t in range(t_start, t_end, 2 * STEPS):
             odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
-                                reverse, offs_d, offs_n, mask_d, STEPS)
+                                reverse, offs_d, mask_d, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, even, OUTPUT, ACCUMULATE,
                                        STEPS)
             even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
-                                 reverse, offs_d, offs_n, mask_d, STEPS)
+                                 reverse, offs_d, mask_d, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, odd, OUTPUT, ACCUMULATE,
                                        STEPS)
         if not OUTPUT:

@@ -91,6 +91,19 @@ def channels_last(inputs):
     return u, delta, a, bc[:, :, :b.shape[2]], bc[:, :, b.shape[2]:], d, bias
 
 
+def map_layout(shape, k, n, dtype, dev, height):
+    """SS2D's inputs as the model now passes them (``map_height``): one row-major token tensor for both orders,
+    dt and [B, C] of every direction at row-major positions, as the projection GEMMs write them."""
+    b, g, d, seq_len = shape
+    gen = torch.Generator(device=dev).manual_seed(0)
+    rand = lambda *s: torch.randn(*s, device=dev, generator=gen)  # noqa: E731
+    x = rand(b, seq_len, d).to(dtype)
+    dt = (0.5 * rand(b, seq_len, k, d) - 1).to(dtype).permute(0, 2, 3, 1)
+    bc = rand(b, seq_len, k, 2 * n).to(dtype).permute(0, 2, 3, 1)
+    return (x.transpose(1, 2)[:, None].expand(b, g, d, seq_len), dt, -torch.exp(rand(k * d, n).clamp(-2, 2)),
+            bc[:, :, :n], bc[:, :, n:], rand(k * d), 0.5 * rand(k * d))
+
+
 def load_module(path: str):
     """Load another version of ops/triton_scan.py; its custom op is renamed so it does not replace this one's."""
     source = open(path).read().replace('"sigma_ros::', '"sigma_ros_compared::')
@@ -170,6 +183,12 @@ def main() -> int:
             t_fused = graph_ms(lambda: triton_scan.scan_directions(*inputs, bidirectional))
             last = channels_last(inputs)
             t_fused_last = graph_ms(lambda: triton_scan.scan_directions(*last, bidirectional, channels_last=True))
+            t_map = None
+            height = next((h // 2**s for s in range(2, 6) if (h // 2**s) * (w // 2**s) == shape[3]), None)
+            if shape[1] == 2 and bidirectional and height:  # SS2D: both orders read from one row-major tensor
+                mapped = map_layout(shape, k, n, torch.bfloat16, dev, height)
+                t_map = graph_ms(lambda: triton_scan.scan_directions(*mapped, True, channels_last=True,
+                                                                     map_height=height))
             if other is not None:
                 other_out = other.scan_directions(*last, bidirectional, channels_last=True)
                 other_err = ((other_out - reference.float()).norm() / reference.float().norm()).item()
@@ -177,7 +196,7 @@ def main() -> int:
         config = triton_scan.pick_config(shape[0] * k, shape[2], shape[3], n)
         row = {"u_shape": shape, "directions": k, "d_state": n, "bidirectional": bidirectional, "calls": count,
                "unfused_ms": t_unfused, "fused_ms": t_fused, "fused_channels_last_ms": t_fused_last,
-               "fused_rel_err": err, "config": config}
+               "fused_rel_err": err, "config": config, "fused_map_layout_ms": t_map}
         if other is not None:
             row.update(compared_ms=t_other, compared_rel_err=other_err)
             total_other += count * t_other
@@ -203,8 +222,9 @@ def main() -> int:
         total_fused += count * t_fused
         out["calls"].append(row)
         print(f"{str(shape):22} {k:2d} {n:2d} {count:5d} {t_unfused:7.3f}ms {t_fused:7.3f}ms {t_fused_last:7.3f}ms "
-              f"{err:8.1e}  " + (f"{t_other:7.3f}ms {other_err:7.1e}  " if other else "") + f"{row['config']}" + (f"  best {row['best_config']} {row['best_ms']:.3f}ms"
-                                                if "best_ms" in row else ""), flush=True)
+              f"{err:8.1e}  " + (f"{t_other:7.3f}ms {other_err:7.1e}  " if other else "") + f"{row['config']}"
+              + (f"  map layout {t_map:.3f}ms" if t_map else "")
+              + (f"  best {row['best_config']} {row['best_ms']:.3f}ms" if "best_ms" in row else ""), flush=True)
     out.update(scan_ms_per_forward_unfused=total_unfused, scan_ms_per_forward_fused=total_fused)
     if other is not None:
         out["scan_ms_per_forward_compared"] = total_other

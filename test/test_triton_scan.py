@@ -72,6 +72,41 @@ def test_fused_scan_reads_channels_last_inputs(kernel):
     assert stored_last.stride(-2) == 1 and torch.equal(stored_last, expected)
 
 
+def test_fused_scan_reads_column_order_in_place(kernel):
+    """map_height: the second base sequence is the column-major order of the first's (H, W) map, read (and written)
+    at row-major positions of the same tensors; equal to scanning explicit column-order copies."""
+    g = torch.Generator().manual_seed(6)
+    batch, height, width, dim, n = 2, 3, 5, 4, 4
+    seq_len = height * width
+    x = torch.randn(batch, seq_len, dim, generator=g)  # row-major tokens
+    dt = 0.5 * torch.randn(batch, seq_len, 4, dim, generator=g)  # per direction, at row-major positions
+    bc = torch.randn(batch, seq_len, 4, 2 * n, generator=g)
+    a = -(0.1 + 2 * torch.rand(4 * dim, n, generator=g))
+    d, bias = torch.randn(4 * dim, generator=g), 0.3 * torch.randn(4 * dim, generator=g)
+
+    def column_order(t):  # (batch, L, ...) row-major -> column-major
+        return t.view(batch, height, width, *t.shape[2:]).transpose(1, 2).reshape(t.shape)
+
+    def per_direction(t):  # directions 1 and 3 scan the column order
+        return torch.stack([(column_order(t) if k % 2 else t)[:, :, k] for k in range(4)], 1).transpose(-1, -2)
+
+    u_copies = torch.stack([x, column_order(x)], 1).transpose(-1, -2)
+    bc_copies = per_direction(bc)
+    expected = scan_directions(u_copies, per_direction(dt), a, bc_copies[:, :, :n], bc_copies[:, :, n:], d, bias, True)
+    expected_cols = expected[:, 1].transpose(1, 2).reshape(batch, width, height, dim).transpose(1, 2) \
+        .reshape(batch, seq_len, dim)  # back to row-major positions
+
+    u = x.transpose(1, 2)[:, None].expand(batch, 2, dim, seq_len)  # one tensor, both orders
+    dt_in, bc_in = dt.permute(0, 2, 3, 1), bc.permute(0, 2, 3, 1)
+    args = [t.to(DEVICE) for t in (u, dt_in, a, bc_in[:, :, :n], bc_in[:, :, n:], d, bias)]
+    for config in ((2, 3, 1, 2), (4, 1, 1, 1)):
+        y = kernel.scan_directions(*args, True, channels_last=True, map_height=height, config=config).cpu()
+        assert (y[:, 0] - expected[:, 0]).abs().max().item() < 1e-5
+        assert (y[:, 1].transpose(1, 2) - expected_cols).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="map_height=4"):
+        kernel.scan_directions(*args, True, map_height=4)
+
+
 def test_fused_scan_takes_half_precision_inputs(kernel):
     g = torch.Generator().manual_seed(1)
     args = _inputs(g, 1, 2, True, 4, 40, 16, dtype=torch.bfloat16)
@@ -125,6 +160,26 @@ def test_blocks_with_fused_scans_match_unfused(kernel, block, d_state):
         trained = module(*args)
     trained = trained[0] if isinstance(trained, tuple) else trained
     assert trained.requires_grad
+
+
+def test_inference_copy_freezes_constants_and_casts_matmul_weights(kernel):
+    """The fast path's private copy: same outputs as the model it copies (fp32), its matmul weights in the compute
+    dtype while norms and scan parameters stay float32, and the caller's model untouched."""
+    from sigma_ros.model.fast import inference_copy
+
+    torch.manual_seed(7)
+    module = torch.nn.Sequential(SS2D(16, d_state=4, ssm_ratio=1.0), ConcatMambaFusion(16, d_state=4, ssm_ratio=1.0))
+    module = module.to(DEVICE).eval()
+    x = torch.randn(1, 4, 6, 16, device=DEVICE)
+    frozen = inference_copy(module, torch.float32)
+    assert frozen[0]._frozen is not None and module[0]._frozen is None
+    with torch.no_grad(), fused_scans(), fused_norms():
+        assert (frozen[0](x) - module[0](x)).abs().max().item() < 1e-5
+        assert (frozen[1](x, x) - module[1](x, x)).abs().max().item() < 1e-5
+    half = inference_copy(module, torch.bfloat16)
+    assert half[0].in_proj.weight.dtype == half[0].conv2d.bias.dtype == half[0]._frozen[0].dtype == torch.bfloat16
+    assert half[0].out_norm.weight.dtype == half[0].A_logs.dtype == half[0]._frozen[2].dtype == torch.float32
+    assert module[0].in_proj.weight.dtype == torch.float32
 
 
 def test_forcing_a_scan_backend_turns_the_fused_scan_off(monkeypatch):

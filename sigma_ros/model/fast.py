@@ -15,10 +15,12 @@ forward is one graph. Compilation takes minutes on first use (cached on disk aft
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 
 import torch
+from torch import nn
 
 from ..ops import triton_scan
 from ..ops.selective_scan import ENV_VAR
@@ -59,10 +61,35 @@ def _fails(fn, *args) -> bool:
     return False
 
 
+def inference_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """A private copy of the model as the fast path runs it, weights as they are now.
+
+    - Linear and convolution weights (and convolution biases) are stored in ``dtype``: under autocast every matmul
+      would otherwise cast its float32 weight again on every forward (about 370 small kernels a Sigma-T frame,
+      replayed inside the CUDA graph too).
+    - Modules with a ``freeze`` method compute the constants their fused path derives from the parameters once
+      (A = -exp(A_log) in the kernel's layout, the merged scan projections).
+    Everything else (LayerNorms, A_log, D, dt biases, scales) stays float32, as autocast keeps it. The caller's
+    model is left untouched, so fp32, bf16 and fp16 fast paths can be built from one model.
+    """
+    private = copy.deepcopy(model).eval()
+    for m in private.modules():
+        if hasattr(m, "freeze"):
+            m.freeze(dtype)
+        if dtype != torch.float32 and isinstance(m, (nn.Linear, nn.Conv2d)):
+            m.weight.data = m.weight.data.to(dtype)
+            if isinstance(m, nn.Conv2d) and m.bias is not None:  # a Linear's bias may be read as float32 (dt bias)
+                m.bias.data = m.bias.data.to(dtype)
+    return private
+
+
 def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False,
                        fused_scan: bool | None = None):
-    """``forward(rgb, x) -> logits`` (float32) on the fast path; ``fused_scan=None`` uses the Triton scan if present."""
+    """``forward(rgb, x) -> logits`` (float32) on the fast path; ``fused_scan=None`` uses the Triton scan if present.
+    It runs a private copy of the model (:func:`inference_copy`): later changes to ``model``'s weights do not reach
+    it; build a new forward after loading others."""
     graphs: dict[tuple, tuple] = {}
+    model = inference_copy(model, dtype)
     low = dtype != torch.float32
     scan = _scan_as_op if compile else ops_selective_scan
     fused = use_fused_scans() if fused_scan is None else fused_scan

@@ -183,6 +183,16 @@ def _depthwise_conv(channels: int) -> nn.Conv2d:
     return nn.Conv2d(channels, channels, kernel_size=3, padding=1, groups=channels, bias=True)
 
 
+def _conv_silu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(depthwise conv(x)) of a channels-last map, (B, H, W, C) -> (B, H, W, C), for blocks on the fused path:
+    one Triton kernel (``ops.triton_dwconv``) instead of cuDNN's convolution, bias add and a separate SiLU."""
+    from ..ops import triton_dwconv
+
+    if triton_dwconv.runs_on(x):
+        return triton_dwconv.depthwise_conv3x3_silu(x, conv.weight, conv.bias)
+    return F.silu(conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+
+
 class SSMParams(nn.Module):
     """The selective-scan parameters of K scan directions, stacked as in VMamba's checkpoints.
 
@@ -200,27 +210,69 @@ class SSMParams(nn.Module):
         self.A_logs = nn.Parameter(_a_log_init(d_state, d_inner).repeat(k, 1))
         self.Ds = nn.Parameter(torch.ones(k * d_inner))
 
-    def _scan(self, u: torch.Tensor, bidirectional: bool, channels_last: bool = False) -> torch.Tensor:
+    def _scan(self, u: torch.Tensor, bidirectional: bool) -> torch.Tensor:
         """Scan G base sequences in K directions. u: (B, G, D, L) -> (B, G, D, L), summed over each one's directions.
 
         Direction k = r * G + g scans u[:, g], reversed when r = 1 (K = 2G). The projections are per position, so
         they run on the base order; the scan reads reversed directions backwards (see :func:`scan_directions`).
-        ``channels_last``: u is stored (B, G, L, D); projections and result are laid out the same way.
         """
         b, g, d, seq_len = u.shape
         weight = self.x_proj_weight.view(self.K // g, g, -1, d)
-        if channels_last:  # B and C from their own projection: one aligned row of 2N per position, vector loads
-            u_t, r = u.transpose(-1, -2), self.dt_rank
-            dts = torch.einsum("bgld,rgcd->brglc", u_t, weight[:, :, :r]).reshape(b, self.K, seq_len, r)
-            bcs = torch.einsum("bgld,rgcd->brglc", u_t, weight[:, :, r:]).reshape(b, self.K, seq_len, -1)
-            dts = torch.einsum("bklr,kdr->bkld", dts, self.dt_projs_weight)
-            dts, bs, cs = (t.transpose(-1, -2) for t in (dts, *bcs.chunk(2, dim=3)))
-        else:
-            x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
-            dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-            dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        x_dbl = torch.einsum("bgdl,rgcd->brgcl", u, weight).reshape(b, self.K, -1, seq_len)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         return scan_directions(u, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
-                               self.dt_projs_bias.reshape(-1).float(), bidirectional, channels_last)
+                               self.dt_projs_bias.reshape(-1).float(), bidirectional)
+
+    def _scan_tokens(self, x: torch.Tensor, map_height: int = 0) -> torch.Tensor:
+        """The fused kernel's path (inference): x (B, L, D) row-major tokens -> (B, G, L, D) float32.
+
+        Every direction scans forwards and reversed. ConMB (G = 1): the token sequence. SS2D (G = 2, ``map_height``
+        = H): the (H, L/H) map in row and in column order; the kernel reads the column order from the same row-major
+        tensor and writes its result at row-major positions too. The projections of all K directions are two
+        GEMMs over the tokens (x -> [dt rank rows | B, C rows], then the block-diagonal dt projection)."""
+        from ..ops import triton_scan
+
+        b, seq_len, d = x.shape
+        k, r, n = self.K, self.dt_rank, self.d_state
+        proj, dt_proj, a = self._fused_constants()
+        p = F.linear(x.reshape(b * seq_len, d), proj)
+        dts = F.linear(p[:, :k * r], dt_proj).view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
+        bcs = p[:, k * r:k * (r + 2 * n)].view(b, seq_len, k, 2 * n).permute(0, 2, 3, 1)  # (B, K, 2N, L) view
+        u = x.transpose(1, 2)[:, None].expand(b, 2 if map_height else 1, d, seq_len)
+        y = triton_scan.scan_directions_op(u, dts, a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(),
+                                           self.dt_projs_bias.reshape(-1).float(), True, True, map_height)
+        return y.transpose(-1, -2)
+
+    _frozen: tuple | None = None
+
+    def _fused_constants(self, dtype: torch.dtype | None = None) -> tuple:
+        """What the fused path derives from the parameters: the x projections of all K directions as one matrix
+        ([dt rank rows of every direction; B, C rows of every direction; zero rows up to a multiple of 16], so each
+        position's B/C rows start 16-byte aligned for vector loads), the dt projections as one block-diagonal
+        matrix (K*D, K*R), and A = -exp(A_log) stored (N, K*D), as the kernel reads it. Per call, unless
+        :meth:`freeze` computed them once."""
+        if self._frozen is not None:
+            return self._frozen
+        k, r, d = self.K, self.dt_rank, self.d_inner
+        w = self.x_proj_weight
+        rows = torch.cat([w[:, :r].reshape(k * r, d), w[:, r:].reshape(-1, d)])
+        proj = F.pad(rows, (0, 0, 0, -rows.shape[0] % 16))
+        dt_proj = torch.block_diag(*self.dt_projs_weight)
+        if dtype is not None:
+            proj, dt_proj = proj.to(dtype), dt_proj.to(dtype)
+        return proj, dt_proj, _kernel_a(self.A_logs)
+
+    def freeze(self, dtype: torch.dtype):
+        """Compute :meth:`_fused_constants` once, the matrices in ``dtype``. Only for a copy of the model whose
+        parameters will not change again (the fast path's, see ``fast.inference_copy``)."""
+        self._frozen = None
+        self._frozen = self._fused_constants(dtype)
+
+
+def _kernel_a(a_log: torch.Tensor) -> torch.Tensor:
+    """A = -exp(A_log), (K*D, N), stored transposed: the fused kernel reads it (N, K*D), so no copy per call."""
+    return (-torch.exp(a_log.detach().float())).t().contiguous().t()
 
 
 def _dt_init(dt_rank: int, d_inner: int, dt_min=1e-3, dt_max=0.1, floor=1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,6 +307,8 @@ class SS2D(SSMParams):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
+        if fused_scan_applies(x, self.d_state):
+            return self._forward_fused(x)
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
         rows, cols = self._cross_scan(x)
@@ -264,13 +318,19 @@ class SS2D(SSMParams):
         """Scan row-major, column-major and both reversed. (B, D, H, W) -> the row-order and the column-order
         outputs (each already summed with its reversed twin) as (B, H, W, D) views, to be merged by the norm."""
         b, d, h, w = x.shape
-        if fused_scan_applies(x, self.d_state):  # channels-last: the fused kernel's loads and stores are then contiguous
-            x = x.permute(0, 2, 3, 1)
-            u = torch.stack([x.reshape(b, h * w, d), x.transpose(1, 2).reshape(b, h * w, d)], dim=1)
-            ys = self._scan(u.transpose(-1, -2), bidirectional=True, channels_last=True).transpose(-1, -2)
-            return ys[:, 0].view(b, h, w, d), ys[:, 1].view(b, w, h, d).transpose(1, 2)
         ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
         return ys[:, 0].view(b, d, h, w).permute(0, 2, 3, 1), ys[:, 1].view(b, d, w, h).permute(0, 3, 2, 1)
+
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same math with no layout copies: x and z from separate GEMMs (each contiguous), the conv and its SiLU
+        in one kernel, one row-major token tensor scanned in all four directions, both orders' results merged and
+        gated by the fused norm."""
+        d = self.d_inner
+        z = F.linear(x, self.in_proj.weight[d:])
+        x = _conv_silu(self.conv2d, F.linear(x, self.in_proj.weight[:d]))
+        b, h, w, _ = x.shape
+        ys = self._scan_tokens(x.reshape(b, h * w, d), map_height=h)
+        return self.out_proj(self.out_norm(ys[:, 0].view(b, h, w, d), other=ys[:, 1].view(b, h, w, d), gate=z))
 
 
 class VSSBlock(nn.Module):
@@ -345,14 +405,6 @@ def _vmamba_init(m: nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # Fusion: CroMB (cross selective scan, C exchanged) and ConMB (concatenated scan + cross-modal SE gating)
 # --------------------------------------------------------------------------------------------------------------------
-def _tokens(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """(B, D, H, W) -> row-major tokens (B, D, L); with ``channels_last`` a view of (B, L, D) storage."""
-    if channels_last:
-        b, d, h, w = x.shape
-        return x.permute(0, 2, 3, 1).reshape(b, h * w, d).transpose(1, 2)
-    return x.flatten(2)
-
-
 class CrossMambaSSM(nn.Module):
     """Two single-direction scans; each modality keeps its own u, dt, A, B, D and reads C from the other."""
 
@@ -390,11 +442,22 @@ class CrossMambaSSM(nn.Module):
         dt_r, b_r, c_r = self._project(u_rgb, 1)
         dt_x, b_x, c_x = self._project(u_x, 2)
         last = fused_scan_applies(u_rgb, self.d_state)
-        y_r = scan_directions(u_rgb[:, None], dt_r[:, None], -torch.exp(self.A_log_1.float()), b_r[:, None],
-                              c_x[:, None], self.D_1.float(), self.dt_proj_1.bias.float(), False, last)[:, 0]
-        y_x = scan_directions(u_x[:, None], dt_x[:, None], -torch.exp(self.A_log_2.float()), b_x[:, None],
-                              c_r[:, None], self.D_2.float(), self.dt_proj_2.bias.float(), False, last)[:, 0]
+        a_r, a_x = self._kernel_as() if last else (-torch.exp(self.A_log_1.float()), -torch.exp(self.A_log_2.float()))
+        y_r = scan_directions(u_rgb[:, None], dt_r[:, None], a_r, b_r[:, None], c_x[:, None], self.D_1.float(),
+                              self.dt_proj_1.bias.float(), False, last)[:, 0]
+        y_x = scan_directions(u_x[:, None], dt_x[:, None], a_x, b_x[:, None], c_r[:, None], self.D_2.float(),
+                              self.dt_proj_2.bias.float(), False, last)[:, 0]
         return self.out_norm_1(y_r.transpose(1, 2)), self.out_norm_2(y_x.transpose(1, 2))
+
+    _frozen: tuple | None = None
+
+    def _kernel_as(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._frozen or (_kernel_a(self.A_log_1), _kernel_a(self.A_log_2))
+
+    def freeze(self, dtype: torch.dtype):
+        """Compute the fused kernel's A of both modalities once (see ``SSMParams.freeze``)."""
+        self._frozen = None
+        self._frozen = self._kernel_as()
 
 
 class CrossMambaFusion(nn.Module):
@@ -412,9 +475,12 @@ class CrossMambaFusion(nn.Module):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor):  # (B, H, W, C) each
         b, h, w, _ = rgb.shape
-        last = fused_scan_applies(rgb, self.CMA_ssm.d_state)
-        u_r = _tokens(F.silu(self.conv2d(self.in_proj(rgb).permute(0, 3, 1, 2))), last)  # row-major (B, D, L)
-        u_x = _tokens(F.silu(self.conv2d(self.in_proj_modalx(x).permute(0, 3, 1, 2))), last)
+        if fused_scan_applies(rgb, self.CMA_ssm.d_state):  # row-major (B, D, L) views of channels-last tokens
+            u_r = _conv_silu(self.conv2d, self.in_proj(rgb)).flatten(1, 2).transpose(1, 2)
+            u_x = _conv_silu(self.conv2d, self.in_proj_modalx(x)).flatten(1, 2).transpose(1, 2)
+        else:
+            u_r = F.silu(self.conv2d(self.in_proj(rgb).permute(0, 3, 1, 2))).flatten(2)  # row-major (B, D, L)
+            u_x = F.silu(self.conv2d(self.in_proj_modalx(x).permute(0, 3, 1, 2))).flatten(2)
         y_r, y_x = self.CMA_ssm(u_r, u_x)
         return self.out_proj_rgb(y_r.reshape(b, h, w, -1)), self.out_proj_e(y_x.reshape(b, h, w, -1))
 
@@ -448,20 +514,20 @@ class ConcatMambaFusion(SSMParams):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = rgb.shape
-        p_r = self.in_proj(rgb).permute(0, 3, 1, 2)  # (B, D, H, W), before the conv: feeds the SE gate
-        p_x = self.in_proj_modalx(x).permute(0, 3, 1, 2)
-        u_r, u_x = F.silu(self.conv2d(p_r)), F.silu(self.conv2d_modalx(p_x))
+        p_r, p_x = self.in_proj(rgb), self.in_proj_modalx(x)  # (B, H, W, D), before the conv: feeds the SE gate
         if fused_scan_applies(rgb, self.d_state):  # the sequence stored (B, 2L, D), as the fused kernel reads fastest
-            seq = torch.cat([_tokens(u_r, True).transpose(1, 2), _tokens(u_x, True).transpose(1, 2)], dim=1)
-            y = self._scan(seq.transpose(1, 2)[:, None], bidirectional=True, channels_last=True)[:, 0]
+            u_r, u_x = _conv_silu(self.conv2d, p_r), _conv_silu(self.conv2d_modalx, p_x)
+            y = self._scan_tokens(torch.cat([u_r.flatten(1, 2), u_x.flatten(1, 2)], dim=1))[:, 0].transpose(1, 2)
         else:
+            u_r = F.silu(self.conv2d(p_r.permute(0, 3, 1, 2)))
+            u_x = F.silu(self.conv2d_modalx(p_x.permute(0, 3, 1, 2)))
             seq = torch.cat([u_r.flatten(2), u_x.flatten(2)], dim=2)
             y = self._scan(seq[:, None], bidirectional=True)[:, 0]  # (B, D, 2L): forwards + reversed
         d, n = y.shape[1], h * w
         y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
         y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
-        gate_r = self.fc1(p_r.mean(dim=(2, 3)))[:, None, None, :]
-        gate_x = self.fc2(p_x.mean(dim=(2, 3)))[:, None, None, :]
+        gate_r = self.fc1(p_r.mean(dim=(1, 2)))[:, None, None, :]
+        gate_x = self.fc2(p_x.mean(dim=(1, 2)))[:, None, None, :]
         return self.out_proj(torch.cat([y_r * gate_x, y_x * gate_r], dim=-1))
 
 
@@ -564,10 +630,23 @@ class PatchExpand(nn.Module):
         return self.norm(x)
 
 
-def _upsample2x(x: torch.Tensor) -> torch.Tensor:
-    """Bilinear x2 of a channels-last map (align_corners=False, as the official decoder)."""
-    x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
-    return x.permute(0, 2, 3, 1)
+def _upsample2x(x: torch.Tensor, norm: LayerNorm | None = None) -> torch.Tensor:
+    """Bilinear x2 of a channels-last map (align_corners=False, as the official decoder), then ``norm`` if given.
+
+    On the fast path one Triton kernel does both (``ops.triton_upsample``). Elsewhere the interpolation runs in the
+    input's dtype: autocast would run it in float32, doubling the traffic of the two largest maps of the network for
+    nothing (the kernel interpolates in float32 either way; only the stored result is rounded)."""
+    if _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        from ..ops import triton_upsample
+
+        if triton_upsample.runs_on(x):
+            if norm is None:
+                return triton_upsample.upsample2x(x)
+            return triton_upsample.upsample2x(x, norm.weight, norm.bias, norm.eps, norm._out_dtype(x, None))
+    with torch.autocast(x.device.type, enabled=False):
+        x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+    x = x.permute(0, 2, 3, 1)
+    return x if norm is None else norm(x)
 
 
 class UpsampleExpand(nn.Module):
@@ -577,7 +656,7 @@ class UpsampleExpand(nn.Module):
         self.norm = LayerNorm(dim // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(_upsample2x(self.linear(x)))
+        return _upsample2x(self.linear(x), self.norm)
 
 
 class FinalUpsampleX4(nn.Module):
@@ -588,7 +667,7 @@ class FinalUpsampleX4(nn.Module):
         self.norm = LayerNorm(dim, feeds_matmul=True)  # into the 1x1 output conv
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(_upsample2x(self.linear2(_upsample2x(self.linear1(x)))))
+        return _upsample2x(self.linear2(_upsample2x(self.linear1(x))), self.norm)
 
 
 class MambaUp(nn.Module):

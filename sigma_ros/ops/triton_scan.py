@@ -64,14 +64,18 @@ def runs_on(t: torch.Tensor) -> bool:
 if triton is not None:
 
     @triton.jit
-    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, mask_d):
+    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W,
+                     offs_d, mask_d, COLUMN_TWIN: tl.constexpr):
         """Loads of one step (none depend on the state, so a group of steps can be in flight together).
 
         A step past the segment's end reads a clamped position and is marked invalid (it changes nothing): no
-        per-element masks, so B and C load as whole vectors."""
+        per-element masks, so B and C load as whole vectors. A column-order step of an (H, W) map (``column``)
+        reads, and later writes, the row-major position of its pixel."""
         valid = (offs_d * 0 + t) < t_end  # per element: Triton's interpreter (the tests) rejects a scalar mask
         t = tl.minimum(t, L - 1)
         pos = tl.where(reverse, L - 1 - t, t)
+        if COLUMN_TWIN:
+            pos = tl.where(column, (pos % H) * W + pos // H, pos)
         u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
         dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32)
         b = tl.load(b_col + pos * sb_l).to(tl.float32)
@@ -102,18 +106,18 @@ if triton is not None:
         return h, dt_sum
 
     @triton.jit
-    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d, mask_d,
-                      STEPS: tl.constexpr):
+    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W,
+                      offs_d, mask_d, COLUMN_TWIN: tl.constexpr, STEPS: tl.constexpr):
         """The loads of STEPS (a power of two) consecutive steps from t, as a tuple."""
         if STEPS == 1:
-            return (_step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d,
-                                 mask_d),)
+            return (_step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column,
+                                 H, W, offs_d, mask_d, COLUMN_TWIN),)
         else:
             half: tl.constexpr = STEPS // 2
-            return (_group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, offs_d,
-                                  mask_d, half)
+            return (_group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column,
+                                  H, W, offs_d, mask_d, COLUMN_TWIN, half)
                     + _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + half, t_end, L,
-                                    reverse, offs_d, mask_d, half))
+                                    reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, half))
 
     @triton.jit
     def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
@@ -160,13 +164,13 @@ if triton is not None:
     @triton.jit(do_not_specialize=["a_ptr", "h_seg_ptr"])
     def _scan_directions_kernel(
         u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, y_ptr, h_seg_ptr, dt_seg_ptr,
-        L, D, K, SEG, SEGMENTS,
+        L, D, K, SEG, SEGMENTS, H, W,
         su_b, su_g, su_d, su_l,
         sdt_b, sdt_k, sdt_d, sdt_l,
         sb_b, sb_k, sb_n, sb_l,
         sc_b, sc_k, sc_n, sc_l,
         sy_b, sy_g, sy_d, sy_l,
-        G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+        G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
         BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
@@ -185,6 +189,7 @@ if triton is not None:
         k = pid_bk % K
         g = k % G
         reverse = k >= G
+        column = g == 1  # read column-major, if COLUMN_TWIN
         offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_n = tl.arange(0, N)
         mask_d = offs_d < D
@@ -216,14 +221,14 @@ if triton is not None:
         t_start = seg * SEG
         t_end = tl.minimum(t_start + SEG, L)
         even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
-                             offs_d, mask_d, STEPS)
+                             column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
         for t in range(t_start, t_end, 2 * STEPS):
             odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
-                                reverse, offs_d, mask_d, STEPS)
+                                reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, even, OUTPUT, ACCUMULATE,
                                        STEPS)
             even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
-                                 reverse, offs_d, mask_d, STEPS)
+                                 reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, odd, OUTPUT, ACCUMULATE,
                                        STEPS)
         if not OUTPUT:
@@ -255,9 +260,15 @@ def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_p
 
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
-                    channels_last: bool = False, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                    channels_last: bool = False, map_height: int = 0,
+                    config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """See the module docstring. Inputs may have any strides. ``channels_last`` stores the result as
     (batch, G, L, dim) (returned as its (batch, G, dim, L) view), so each step's outputs are contiguous.
+
+    ``map_height`` > 0 (SS2D, G = 2): the two base sequences are one (map_height, L / map_height) map in row-major
+    and in column-major order, and everything of the second, its u, delta, B, C and its result, is indexed by the
+    pixel's row-major position. So one row-major tensor serves both orders (u may be a stride-0 expansion over G)
+    and both results come back in the same layout: no transposed copies.
     ``config`` overrides (BLOCK_D, segments, num_warps, steps)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
@@ -272,6 +283,9 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                          f"B {tuple(B.shape)}, C {tuple(C.shape)}")
     if not supports(d_state):
         raise ValueError(f"d_state must be a power of two for this kernel, got {d_state}")
+    if map_height and (groups != 2 or seq_len % map_height):
+        raise ValueError(f"map_height={map_height} needs 2 base sequences of a whole map, got {groups} of {seq_len}")
+    height, width = (map_height, seq_len // map_height) if map_height else (1, seq_len)
     A_t = A.float().t().contiguous()  # (N, K*D)
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
     y = _output(u, bidirectional, channels_last)
@@ -283,11 +297,12 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
     args = (
         u, delta, A_t, B, C, D, delta_bias, y, h_seg, dt_seg,
-        seq_len, dim, k_dirs, seg_len, segments,
+        seq_len, dim, k_dirs, seg_len, segments, height, width,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, BLOCK_D=block_d, STEPS=steps,
-                FOLD=max(1, 16 // d_state), num_warps=num_warps)  # summaries in flight: more would cost occupancy
+    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, COLUMN_TWIN=bool(map_height), BLOCK_D=block_d,
+                STEPS=steps, FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy
+                num_warps=num_warps)
     d_blocks = math.ceil(dim / block_d)
     if segments > 1:  # the last segment's summary is never needed
         _scan_directions_kernel[(batch * k_dirs, d_blocks, segments - 1)](*args, OUTPUT=False, **meta)
@@ -307,11 +322,11 @@ def _output(u: torch.Tensor, bidirectional: bool, channels_last: bool) -> torch.
 @torch.library.custom_op("sigma_ros::scan_directions", mutates_args=())
 def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
-                       channels_last: bool = False) -> torch.Tensor:
+                       channels_last: bool = False, map_height: int = 0) -> torch.Tensor:
     """:func:`scan_directions` as an opaque op, so torch.compile keeps it in one graph without tracing Triton."""
-    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last)
+    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height)
 
 
 @scan_directions_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False):
+def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0):
     return _output(u, False, channels_last)

@@ -78,7 +78,8 @@ def fused_scan_applies(x: torch.Tensor, d_state: int) -> bool:
     return triton_scan.runs_on(x) and triton_scan.supports(d_state)
 
 
-# ... and its LayerNorms to one Triton kernel each (``ops.triton_norm``), see :class:`LayerNorm`.
+# ... and its LayerNorms to one Triton kernel each (``ops.triton_norm``, see :class:`LayerNorm`), as well as the
+# decoder's up-sampling (with the norm that follows, ``ops.triton_upsample``) and pooling (``ops.triton_pool``).
 _fused_norms = False
 
 
@@ -526,8 +527,11 @@ class ConcatMambaFusion(SSMParams):
         d, n = y.shape[1], h * w
         y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
         y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
-        gate_r = self.fc1(p_r.mean(dim=(1, 2)))[:, None, None, :]
-        gate_x = self.fc2(p_x.mean(dim=(1, 2)))[:, None, None, :]
+        pooled_r, pooled_x = _mean_and_max(p_r), _mean_and_max(p_x)
+        mean_r = pooled_r[:, 0] if pooled_r is not None else p_r.mean(dim=(1, 2))
+        mean_x = pooled_x[:, 0] if pooled_x is not None else p_x.mean(dim=(1, 2))
+        gate_r = self.fc1(mean_r)[:, None, None, :]
+        gate_x = self.fc2(mean_x)[:, None, None, :]
         return self.out_proj(torch.cat([y_r * gate_x, y_x * gate_r], dim=-1))
 
 
@@ -571,6 +575,17 @@ class RGBXEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # Decoder: channel-aware Mamba decoder (CVSS blocks), additive skips, bias-free 1x1 head
 # --------------------------------------------------------------------------------------------------------------------
+def _mean_and_max(x: torch.Tensor) -> torch.Tensor | None:
+    """(B, 2, C) float32 mean and max over the pixels of a channels-last map in one Triton pass on the fast path
+    (``ops.triton_pool``); None elsewhere (callers use torch's reductions)."""
+    if _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        from ..ops import triton_pool
+
+        if triton_pool.runs_on(x):
+            return triton_pool.mean_and_max(x)
+    return None
+
+
 class ChannelAttention(nn.Module):
     def __init__(self, channels: int, squeeze: int = 30):
         super().__init__()
@@ -580,8 +595,11 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        # amax/mean over H, W equal the official adaptive pools and are much faster on GPUs.
-        attn = self.fc(x.mean(dim=(2, 3), keepdim=True)) + self.fc(x.amax(dim=(2, 3), keepdim=True))
+        pooled = _mean_and_max(x.permute(0, 2, 3, 1))
+        if pooled is not None:  # both pools as two "pixels" of one map: the MLP runs once
+            attn = self.fc(pooled.transpose(1, 2)[..., None]).sum(dim=2, keepdim=True)
+        else:  # amax/mean over H, W equal the official adaptive pools and are much faster on GPUs
+            attn = self.fc(x.mean(dim=(2, 3), keepdim=True)) + self.fc(x.amax(dim=(2, 3), keepdim=True))
         return x * torch.sigmoid(attn)
 
 

@@ -56,13 +56,15 @@ class Segmenter:
                  input_size: tuple[int, int] | None = None, modality: str = "thermal",
                  depth_range: tuple[float, float] = (0.0, 10.0), fast: bool = True, compile: bool = False,
                  checkpoint_path: str | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in PRECISIONS and precision != "auto":
+            raise ValueError(f"precision must be auto or one of {', '.join(PRECISIONS)}, got {precision!r}")
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {', '.join(MODALITIES)}, got {modality!r}")
         if input_size is not None and (min(input_size) < 32):
             raise ValueError(f"input_size must be at least 32x32, got {input_size}")
         self.device = resolve_device(device)
+        if precision == "auto":  # bf16 on GPUs: the fast path's speed, labels within 0.1 % of fp32 (bench/RESULTS.md)
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
         if precision == "fp16" and self.device.type == "cpu":
             log.warning("precision=fp16 is not supported on the CPU; using fp32")
             precision = "fp32"

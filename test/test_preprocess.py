@@ -110,6 +110,7 @@ def test_segmenter_end_to_end_and_devices(micro_checkpoint):
             resolve_device("cuda")
     with pytest.raises(ValueError, match="precision"):
         Segmenter.from_checkpoint(micro_checkpoint, device="cpu", precision="int8")
+    assert Segmenter.from_checkpoint(micro_checkpoint, device="cpu", precision="auto").precision == "fp32"  # bf16 on GPUs
 
 
 def test_labels_from_scores_equals_torch_argmax_and_softmax():

@@ -114,7 +114,7 @@ def _values(**kw):
 
 def test_validate_defaults_and_types():
     s = validate(_values())
-    assert (s.device, s.precision, s.input_size, s.modality) == ("auto", "fp32", None, "")  # '' = class config's
+    assert (s.device, s.precision, s.input_size, s.modality) == ("auto", "auto", None, "")  # '' = class config's
     assert (s.slop, s.queue_size, s.depth_range, s.fast_path) == (0.05, 10, (0.0, 10.0), True)
     s = validate(_values(input_size="640x480", device="CPU", variant="tiny", depth_range=[0.3, 6]))
     assert s.input_size == (640, 480) and s.device == "cpu" and s.variant == "tiny" and s.depth_range == (0.3, 6.0)

@@ -130,7 +130,7 @@ class SegmentationNode(Node):
         self._worker = threading.Thread(target=self._run_worker, name="sigma_inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"ready: {self._model_text()} on {self.segmenter.device} ({s.precision}, scan backend "
+            f"ready: {self._model_text()} on {self.segmenter.device} ({self.segmenter.precision}, scan backend "
             f"{self._static.get('scan_backend', '?')}); "
             f"rgb={self._subs['rgb'].topic_name} x={self._subs['x'].topic_name} ({s.modality}); "
             f"outputs under {self.get_fully_qualified_name()}/")

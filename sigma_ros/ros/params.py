@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 VARIANTS = ("micro", "tiny", "small", "base")
 DEVICES = ("auto", "cuda", "cpu")
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 MODALITIES = ("thermal", "depth")
 
 
@@ -43,7 +43,8 @@ PARAMETERS: List[ParamSpec] = [
               "the package's config/*.yaml). Empty: class names and palette from the checkpoint."),
     ParamSpec("device", "auto", "auto (cuda when available, else cpu with a warning) | cuda (fail when absent) | cpu.",
               choices=DEVICES),
-    ParamSpec("precision", "fp32", "Inference precision on the device: fp32 | fp16 | bf16.", choices=PRECISIONS),
+    ParamSpec("precision", "auto", "Inference precision: auto (bf16 on a GPU, fp32 on the CPU) | fp32 | fp16 | bf16.",
+              choices=PRECISIONS),
     ParamSpec("input_size", "native", "'native' (infer at the RGB image size) or 'WxH' (e.g. 640x480): resize to "
               "this size for inference; outputs are always at the RGB image size."),
     ParamSpec("overlay_alpha", 0.5, "Weight of the class colour in ~/overlay (0 = RGB only, 1 = colour only). "

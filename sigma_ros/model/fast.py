@@ -4,14 +4,16 @@ At batch 1 the eager model is launch-bound (about 2,000 small kernels per frame)
 per input shape and replaying it removes the launch overhead. The graph owns static input/output buffers; callers
 get a copy of the output.
 
-Scans go through one fused Triton kernel per call (``ops.triton_scan``: reversed directions read in place, each
-sequence's directions summed in the kernel) and LayerNorms through another (``ops.triton_norm``: writes the dtype
-its consumer needs; SS2D's merge and gate inside) when Triton is available; ``fused_scan=False`` keeps mamba-ssm's
-kernel on flipped copies and torch's LayerNorm, as does forcing a scan backend with SIGMA_SCAN_BACKEND.
+It runs a private copy of the model (:func:`inference_copy`: matmul weights already in the compute dtype, scan
+constants precomputed). When Triton is available the blocks take their fused paths: one scan kernel per call
+(``ops.triton_scan``: reversed and column-order directions read in place, each sequence's directions summed in the
+kernel), LayerNorms that write the dtype their consumer needs (``ops.triton_norm``; SS2D's merge and gate inside),
+the depthwise conv + SiLU, the decoder's up-sampling + norm and its pooling (``ops.triton_dwconv``,
+``ops.triton_upsample``, ``ops.triton_pool``). ``fused_scan=False`` keeps mamba-ssm's kernel on flipped copies and
+torch's ops around it, as does forcing a scan backend with SIGMA_SCAN_BACKEND.
 
-``compile=True`` additionally runs the model through ``torch.compile`` (Inductor fuses the LayerNorms, casts,
-gating and cross-scan copies between the scans) with the selective scan as an opaque custom op, so the whole
-forward is one graph. Compilation takes minutes on first use (cached on disk afterwards), hence opt-in.
+``compile=True`` additionally runs the model through ``torch.compile`` with the scan as an opaque custom op.
+With the fused kernels it no longer pays off (bench/RESULTS.md); it stays for GPUs where they cannot run.
 """
 from __future__ import annotations
 

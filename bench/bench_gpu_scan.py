@@ -123,6 +123,12 @@ def sweep_configs(shape, k, n):
             segments = triton_scan.pick_segments(shape[0] * k, shape[2], shape[3], 32, warps_per_sm)
             if (32, segments, 1, steps) not in configs:
                 configs.append((32, segments, 1, steps))
+    if n <= 4:  # small states leave registers for two channels a lane: twice the independent work per thread
+        for steps in (1, 2):
+            for warps_per_sm in (12, 24, 48):
+                segments = triton_scan.pick_segments(shape[0] * k, shape[2], shape[3], 64, warps_per_sm)
+                if (64, segments, 1, steps) not in configs:
+                    configs.append((64, segments, 1, steps))
     return configs
 
 
@@ -137,6 +143,7 @@ def main() -> int:
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-budget-s", type=float, default=150.0, help="stop sweeping after this long")
+    ap.add_argument("--sweep-d-state", type=int, default=0, help="sweep only the scans of this state size")
     ap.add_argument("--golden", help="sigma_golden_a.npz: check the fast fp32 path with fused scans against it")
     ap.add_argument("--compare-with", metavar="FILE", help="another triton_scan.py to time at its default config")
     ap.add_argument("--json")
@@ -200,7 +207,7 @@ def main() -> int:
         if other is not None:
             row.update(compared_ms=t_other, compared_rel_err=other_err)
             total_other += count * t_other
-        if args.sweep and time.perf_counter() < deadline:
+        if args.sweep and time.perf_counter() < deadline and args.sweep_d_state in (0, n):
             best = (t_fused_last, config)
             row["sweep"] = []
             for candidate in sweep_configs(shape, k, n):

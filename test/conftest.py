@@ -2,6 +2,7 @@
 it skip cleanly when it is absent."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -13,6 +14,20 @@ import torch
 # imported: set it before anything imports triton.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="session")
+def triton_ops():
+    """``triton_ops("triton_scan")`` -> the module ``sigma_ros.ops.triton_scan`` for a kernel test: its kernels are
+    compiled for the GPU where there is one, else run by Triton's CPU interpreter; the test skips without triton
+    or when the interpreter is off on a machine without a GPU."""
+    def load(name: str):
+        pytest.importorskip("triton")
+        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("no GPU, and Triton's CPU interpreter is off")
+        return importlib.import_module(f"sigma_ros.ops.{name}")
+    return load
+
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -2,8 +2,6 @@
 GPU, else run by Triton's CPU interpreter (conftest turns it on where there is no GPU)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,12 +12,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU, and Triton's CPU interpreter is off")
-    from sigma_ros.ops import triton_dwconv
-
-    return triton_dwconv
+def kernel(triton_ops):
+    """ops.triton_dwconv, its kernels compiled for the GPU or run by Triton's interpreter on the CPU."""
+    return triton_ops("triton_dwconv")
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 3, 40, 70), (1, 1, 1, 3)])  # ragged tiles; a 1x1 map

@@ -2,8 +2,6 @@
 where there is one, else through Triton's CPU interpreter (conftest turns it on where there is no GPU)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,12 +14,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
-def triton_norm():
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU, and Triton's CPU interpreter is off")
-    from sigma_ros.ops import triton_norm
-
-    return triton_norm
+def triton_norm(triton_ops):
+    """ops.triton_norm, its kernels compiled for the GPU or run by Triton's interpreter on the CPU."""
+    return triton_ops("triton_norm")
 
 
 def _params(g, channels):

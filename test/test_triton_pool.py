@@ -2,8 +2,6 @@
 CPU interpreter (conftest turns it on where there is no GPU)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -13,12 +11,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU, and Triton's CPU interpreter is off")
-    from sigma_ros.ops import triton_pool
-
-    return triton_pool
+def kernel(triton_ops):
+    """ops.triton_pool, its kernels compiled for the GPU or run by Triton's interpreter on the CPU."""
+    return triton_ops("triton_pool")
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 7, 6), (1, 1, 1, 3), (1, 30, 40, 70)])  # ragged; one pixel; many chunks

@@ -7,8 +7,6 @@ machine (bench/bench_gpu_scan.py, bench/bench_gpu_inference.py, bench/RESULTS.md
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -22,13 +20,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    """ops.triton_scan, its kernel compiled for the GPU, or run by Triton's interpreter on the CPU."""
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU, and Triton's CPU interpreter is off")
-    from sigma_ros.ops import triton_scan
-
-    return triton_scan
+def kernel(triton_ops):
+    """ops.triton_scan, its kernels compiled for the GPU or run by Triton's interpreter on the CPU."""
+    return triton_ops("triton_scan")
 
 
 def _inputs(g, batch, groups, bidirectional, dim, seq_len, d_state, dt_rank=3, dtype=torch.float32):

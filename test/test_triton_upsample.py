@@ -2,8 +2,6 @@
 run by Triton's CPU interpreter (conftest turns it on where there is no GPU)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,12 +12,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
-def kernel():
-    if DEVICE == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("no GPU, and Triton's CPU interpreter is off")
-    from sigma_ros.ops import triton_upsample
-
-    return triton_upsample
+def kernel(triton_ops):
+    """ops.triton_upsample, its kernels compiled for the GPU or run by Triton's interpreter on the CPU."""
+    return triton_ops("triton_upsample")
 
 
 def _torch_upsample(x):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
-import itertools
 import json
 import statistics
 import sys
@@ -91,7 +90,7 @@ def channels_last(inputs):
     return u, delta, a, bc[:, :, :b.shape[2]], bc[:, :, b.shape[2]:], d, bias
 
 
-def map_layout(shape, k, n, dtype, dev, height):
+def map_layout(shape, k, n, dtype, dev):
     """SS2D's inputs as the model now passes them (``map_height``): one row-major token tensor for both orders,
     dt and [B, C] of every direction at row-major positions, as the projection GEMMs write them."""
     b, g, d, seq_len = shape
@@ -193,7 +192,7 @@ def main() -> int:
             t_map = None
             height = next((h // 2**s for s in range(2, 6) if (h // 2**s) * (w // 2**s) == shape[3]), None)
             if shape[1] == 2 and bidirectional and height:  # SS2D: both orders read from one row-major tensor
-                mapped = map_layout(shape, k, n, torch.bfloat16, dev, height)
+                mapped = map_layout(shape, k, n, torch.bfloat16, dev)
                 t_map = graph_ms(lambda: triton_scan.scan_directions(*mapped, True, channels_last=True,
                                                                      map_height=height))
             if other is not None:

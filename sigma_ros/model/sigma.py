@@ -87,6 +87,12 @@ def fused_norms(enabled: bool = True):
     return _switched("_fused_norms", enabled)
 
 
+def _fused_norms_apply() -> bool:
+    """Whether those kernels run now: the fast path asked for them, no gradients, and torch.compile is not tracing
+    (Inductor fuses these ops itself)."""
+    return _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class LayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (same parameters and keys) that can add a second input and gate the result by SiLU:
     ``LN(x [+ other]) [* SiLU(gate)]``.
@@ -103,7 +109,7 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None,
                 gate: torch.Tensor | None = None) -> torch.Tensor:
-        if _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        if _fused_norms_apply():
             from ..ops import triton_norm
 
             if triton_norm.runs_on(x):
@@ -578,7 +584,7 @@ class RGBXEncoder(nn.Module):
 def _mean_and_max(x: torch.Tensor) -> torch.Tensor | None:
     """(B, 2, C) float32 mean and max over the pixels of a channels-last map in one Triton pass on the fast path
     (``ops.triton_pool``); None elsewhere (callers use torch's reductions)."""
-    if _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if _fused_norms_apply():
         from ..ops import triton_pool
 
         if triton_pool.runs_on(x):
@@ -654,7 +660,7 @@ def _upsample2x(x: torch.Tensor, norm: LayerNorm | None = None) -> torch.Tensor:
     On the fast path one Triton kernel does both (``ops.triton_upsample``). Elsewhere the interpolation runs in the
     input's dtype: autocast would run it in float32, doubling the traffic of the two largest maps of the network for
     nothing (the kernel interpolates in float32 either way; only the stored result is rounded)."""
-    if _fused_norms and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if _fused_norms_apply():
         from ..ops import triton_upsample
 
         if triton_upsample.runs_on(x):

@@ -6,6 +6,8 @@ each order as a copy (cat + flip), hands mamba-ssm's kernel the 4x-expanded tens
 This kernel instead
 
 - reads a reversed direction in place, walking the base sequence from its end,
+- reads SS2D's column-major order in place too, from the row-major tokens (``map_height``), and writes that order's
+  outputs at row-major positions,
 - loads B and C once for a block of channels (mamba-ssm reloads them for every channel),
 - takes bf16/fp16/fp32 inputs straight from the projections (B and C may be strided views of one tensor) and keeps
   softplus, exp and the recurrence in fp32,

@@ -217,10 +217,10 @@ class SSMParams(nn.Module):
         self.A_logs = nn.Parameter(_a_log_init(d_state, d_inner).repeat(k, 1))
         self.Ds = nn.Parameter(torch.ones(k * d_inner))
 
-    def _scan(self, u: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    def _scan(self, u: torch.Tensor) -> torch.Tensor:
         """Scan G base sequences in K directions. u: (B, G, D, L) -> (B, G, D, L), summed over each one's directions.
 
-        Direction k = r * G + g scans u[:, g], reversed when r = 1 (K = 2G). The projections are per position, so
+        Direction k = r * G + g scans u[:, g], reversed when r = 1 (so K = 2G, or K = G: forwards only). The projections are per position, so
         they run on the base order; the scan reads reversed directions backwards (see :func:`scan_directions`).
         """
         b, g, d, seq_len = u.shape
@@ -229,7 +229,7 @@ class SSMParams(nn.Module):
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         return scan_directions(u, dts, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
-                               self.dt_projs_bias.reshape(-1).float(), bidirectional)
+                               self.dt_projs_bias.reshape(-1).float(), bidirectional=self.K == 2 * g)
 
     def _scan_tokens(self, x: torch.Tensor, map_height: int = 0) -> torch.Tensor:
         """The fused kernel's path (inference): x (B, L, D) row-major tokens -> (B, G, L, D) float32.
@@ -325,7 +325,7 @@ class SS2D(SSMParams):
         """Scan row-major, column-major and both reversed. (B, D, H, W) -> the row-order and the column-order
         outputs (each already summed with its reversed twin) as (B, H, W, D) views, to be merged by the norm."""
         b, d, h, w = x.shape
-        ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1), bidirectional=True)
+        ys = self._scan(torch.stack([x.flatten(2), x.transpose(2, 3).flatten(2)], dim=1))
         return ys[:, 0].view(b, d, h, w).permute(0, 2, 3, 1), ys[:, 1].view(b, d, w, h).permute(0, 3, 2, 1)
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
@@ -529,7 +529,7 @@ class ConcatMambaFusion(SSMParams):
             u_r = F.silu(self.conv2d(p_r.permute(0, 3, 1, 2)))
             u_x = F.silu(self.conv2d_modalx(p_x.permute(0, 3, 1, 2)))
             seq = torch.cat([u_r.flatten(2), u_x.flatten(2)], dim=2)
-            y = self._scan(seq[:, None], bidirectional=True)[:, 0]  # (B, D, 2L): forwards + reversed
+            y = self._scan(seq[:, None])[:, 0]  # (B, D, 2L): forwards + reversed
         d, n = y.shape[1], h * w
         y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
         y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)

@@ -110,6 +110,20 @@ def test_fused_scan_takes_half_precision_inputs(kernel):
     assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5  # same bf16 values, fp32 math
 
 
+@pytest.mark.parametrize("low,high", [(-12, -3), (-3, 20), (20, 24)])
+def test_fused_scan_softplus_for_half_inputs_holds_over_its_whole_range(kernel, low, high):
+    """16-bit inputs take an approximate softplus: log1p's series at or below -3, the MUFU logarithm above, the
+    identity above 20. With D = 0 the output is the scan alone, which for small dt scales with dt: each range must
+    give fp32 math's result."""
+    g = torch.Generator().manual_seed(11)
+    u, _, a, b, c, d, bias = _inputs(g, 1, 1, True, 8, 64, 4, dtype=torch.bfloat16)
+    delta = (low + (high - low) * torch.rand(1, 2, 8, 64, generator=g)).to(torch.bfloat16).to(DEVICE)
+    u, d, bias = u.to(torch.bfloat16), torch.zeros_like(d), torch.zeros_like(bias)
+    fused = kernel.scan_directions(u, delta, a, b, c, d, bias, True, config=(4, 3, 1, 2))
+    unfused = scan_directions(u.float(), delta.float(), a, b.float(), c.float(), d, bias, True)
+    assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5
+
+
 def test_fused_scan_rejects_mismatched_shapes(kernel):
     g = torch.Generator().manual_seed(2)
     u, delta, a, b, c, d, bias = _inputs(g, 1, 2, True, 4, 16, 4)

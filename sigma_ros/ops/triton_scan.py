@@ -10,7 +10,8 @@ This kernel instead
   outputs at row-major positions,
 - loads B and C once for a block of channels (mamba-ssm reloads them for every channel),
 - takes bf16/fp16/fp32 inputs straight from the projections (B and C may be strided views of one tensor) and keeps
-  softplus, exp and the recurrence in fp32,
+  softplus, exp and the recurrence in fp32 (for 16-bit inputs the softplus's logarithm comes from the special-function
+  unit, not libdevice's polynomial: see ``_softplus``),
 - adds a reversed direction's output onto its forward twin: at most two addends on a zeroed buffer, so the sum is
   exact and independent of their order.
 
@@ -65,6 +66,17 @@ def runs_on(t: torch.Tensor) -> bool:
 
 if triton is not None:
 
+    if os.environ.get("TRITON_INTERPRET") == "1":  # the interpreter (CPU tests) runs no PTX
+        @triton.jit
+        def _log2_approx(x):
+            return tl.log2(x)
+    else:
+        @triton.jit
+        def _log2_approx(x):
+            """One MUFU.LG2 (absolute error about 2^-22 near 1); ``tl.log2`` compiles to a libdevice polynomial."""
+            return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                             is_pure=True, pack=1)
+
     @triton.jit
     def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W,
                      offs_d, mask_d, COLUMN_TWIN: tl.constexpr):
@@ -85,18 +97,29 @@ if triton is not None:
         return pos, valid, u, dt, b, c
 
     @triton.jit
-    def _step(h, a, bias, u, dt, b, valid):
+    def _softplus(x, APPROX: tl.constexpr):
+        """log(1 + exp(x)), x itself above 20, as mamba-ssm's kernel. APPROX (16-bit inputs) takes the logarithm
+        from the special-function unit (the exact ``log`` is a libdevice polynomial of some twenty instructions, as
+        many as a step's state updates at d_state 4) and, for x <= -3, where log2(1 + e) would lose e's low bits,
+        sums log1p's series to the fourth power instead. Both stay within 4e-6 of the exact value, relative."""
+        if APPROX:
+            e = tl.exp2(x * 1.4426950408889634)
+            series = e * (1.0 - e * (0.5 - e * (0.3333333333333333 - e * 0.25)))
+            return tl.where(x <= 20.0, tl.where(x <= -3.0, series, _log2_approx(1.0 + e) * 0.6931471805599453), x)
+        else:
+            return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
+
+    @triton.jit
+    def _step(h, a, bias, u, dt, b, valid, APPROX: tl.constexpr):
         """h_t = exp(dt A) h_{t-1} + dt B u; a step past the segment's end (valid = False) leaves h as it is."""
-        dt = dt + bias
-        dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)  # softplus, as mamba-ssm's kernel
-        dt = tl.where(valid, dt, 0.0)
+        dt = tl.where(valid, _softplus(dt + bias, APPROX), 0.0)
         return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
 
     @triton.jit
     def _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c,
-                 OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr):
+                 OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, APPROX: tl.constexpr):
         """One step: the state update, then either the output (second pass) or the dt sum (first pass)."""
-        h, dt = _step(h, a, bias, u, dt, b, valid)
+        h, dt = _step(h, a, bias, u, dt, b, valid, APPROX)
         if OUTPUT:
             y = tl.sum(h * c[:, None], axis=0) + dskip * u
             if ACCUMULATE:
@@ -123,11 +146,11 @@ if triton is not None:
 
     @triton.jit
     def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
-                       ACCUMULATE: tl.constexpr, STEPS: tl.constexpr):
+                       ACCUMULATE: tl.constexpr, APPROX: tl.constexpr, STEPS: tl.constexpr):
         for i in tl.static_range(STEPS):
             pos, valid, u, dt, b, c = group[i]
             h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c, OUTPUT,
-                                 ACCUMULATE)
+                                 ACCUMULATE, APPROX)
         return h, dt_sum
 
     @triton.jit
@@ -166,14 +189,14 @@ if triton is not None:
     @triton.jit(do_not_specialize=["a_ptr", "h_seg_ptr"])
     def _scan_directions_kernel(
         u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, y_ptr, h_seg_ptr, dt_seg_ptr,
-        L, D, K, SEG, SEGMENTS, H, W,
+        L, D, K, SEG, SEGMENTS, W,
         su_b, su_g, su_d, su_l,
         sdt_b, sdt_k, sdt_d, sdt_l,
         sb_b, sb_k, sb_n, sb_l,
         sc_b, sc_k, sc_n, sc_l,
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
-        BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
+        H: tl.constexpr, APPROX: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
@@ -228,11 +251,11 @@ if triton is not None:
             odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
                                 reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, even, OUTPUT, ACCUMULATE,
-                                       STEPS)
+                                       APPROX, STEPS)
             even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
                                  reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, odd, OUTPUT, ACCUMULATE,
-                                       STEPS)
+                                       APPROX, STEPS)
         if not OUTPUT:
             tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
                      mask=mask_d[None, :])
@@ -245,12 +268,15 @@ def _multiprocessors(device_index: int) -> int:
 
 
 def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
-    """(BLOCK_D, segments, num_warps, steps) for a scan shape, from a sweep over Sigma's scans on an H100
-    (bench/bench_gpu_scan.py --sweep; bench/RESULTS.md): one channel a lane, groups of two steps, and the sequence
-    cut into segments until there are about 24 programs a multiprocessor. More segments fill the GPU further but
-    repeat more work (the second pass, the fold of the summaries); at 24 the measured time was lowest for every
-    scan of Sigma-T, at d_state 16 and 4 alike."""
-    return 32, pick_segments(batch_dirs, dim, seq_len, 32), 1, 2
+    """(BLOCK_D, segments, num_warps, steps) for a scan shape, from sweeps over Sigma's scans on an H100
+    (bench/bench_gpu_scan.py --sweep; bench/RESULTS.md): one channel a lane, and the sequence cut into segments until
+    there are about 24 programs a multiprocessor. More segments fill the GPU further but repeat more work (the second
+    pass, the fold of the summaries); at 24 the measured time was lowest for every scan of Sigma-T. Four steps in
+    flight hide the loads' latency best where segments are long or states few; at d_state 16 with short segments
+    (Sigma's last two stages) their registers cost more occupancy than they hide, and one step does best."""
+    segments = pick_segments(batch_dirs, dim, seq_len, 32)
+    steps = 4 if d_state <= 4 or math.ceil(seq_len / segments) >= 128 else 1
+    return 32, segments, 1, steps
 
 
 def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_per_sm: int = 24) -> int:
@@ -299,11 +325,14 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
     args = (
         u, delta, A_t, B, C, D, delta_bias, y, h_seg, dt_seg,
-        seq_len, dim, k_dirs, seg_len, segments, height, width,
+        seq_len, dim, k_dirs, seg_len, segments, width,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, COLUMN_TWIN=bool(map_height), BLOCK_D=block_d,
-                STEPS=steps, FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy
+    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, COLUMN_TWIN=bool(map_height),
+                H=height,  # a constant: the column order's index arithmetic divides by it at every step
+                APPROX=u.dtype != torch.float32,  # fp32 keeps the exact softplus (golden parity)
+                BLOCK_D=block_d, STEPS=steps,
+                FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy
                 num_warps=num_warps)
     d_blocks = math.ceil(dim / block_d)
     if segments > 1:  # the last segment's summary is never needed

@@ -102,6 +102,22 @@ def test_siamese_batched_encoder_equals_two_passes(micro_cfg):
         assert torch.allclose(j[:2], s, atol=1e-5)
 
 
+def test_inference_copy_runs_the_head_as_an_aligned_gemm(micro_cfg):
+    """The fast path's copy pads the 1x1 head to 16 output rows for an aligned GEMM: same logits, same shape."""
+    from sigma_ros.model.fast import inference_copy
+
+    torch.manual_seed(2)
+    model = build_sigma(micro_cfg).eval()
+    fast = inference_copy(model, torch.float32)
+    classes, channels = model.decode_head.output.weight.shape[:2]
+    assert fast.decode_head._head.shape == (16, channels) and model.decode_head._head is None
+    rgb, x = torch.randn(1, 3, 64, 96), torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, logits = model(rgb, x), fast(rgb, x)
+    assert logits.shape == expected.shape == (1, classes, 64, 96)
+    assert torch.allclose(logits, expected, atol=1e-5)
+
+
 def test_checkpoint_round_trip(tmp_path, micro_cfg):
     torch.manual_seed(2)
     model = build_sigma(micro_cfg).eval()

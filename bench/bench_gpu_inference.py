@@ -61,6 +61,8 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--checkpoint", help="time and compare on these weights (e.g. a trained model)")
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--fast-variants", default="bf16,fp16,fp32,bf16_mamba_scans",
+                    help="which fast paths to time next to eager fp32 (each compiles its own kernels on a first run)")
     ap.add_argument("--compile", action="store_true",
                     help="also time the compiled fast path (torch.compile, scan as a custom op; minutes to compile)")
     args = ap.parse_args()
@@ -103,8 +105,11 @@ def main() -> int:
             fast["bf16"](rgb, x)
         torch.cuda.synchronize()
         fast_peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        fast.update({p: build_fast_forward(model, d) for p, d in (("fp16", torch.float16), ("fp32", torch.float32))})
-        fast["bf16_mamba_scans"] = build_fast_forward(model, torch.bfloat16, fused_scan=False)  # before the fused kernel
+        wanted = args.fast_variants.split(",")
+        fast.update({p: build_fast_forward(model, d) for p, d in (("fp16", torch.float16), ("fp32", torch.float32))
+                     if p in wanted})
+        if "bf16_mamba_scans" in wanted:  # the path before the fused kernels
+            fast["bf16_mamba_scans"] = build_fast_forward(model, torch.bfloat16, fused_scan=False)
         row = {"variant": cfg.variant, "size": f"{w}x{h}"}
         with torch.inference_mode():
             t0 = time.perf_counter()
@@ -135,13 +140,15 @@ def main() -> int:
         del model, fast
         torch.cuda.empty_cache()
 
+    def ms(r, key):  # a column whose fast path was not asked for prints a dash
+        return f"{r[key]:8.2f}ms" if key in r else f"{'-':>10}"
+
     print(f"\n{'variant':8} {'eager fp32':>11} {'fast fp32':>10} {'bf16 mamba':>10} {'fast bf16':>10} {'fast fp16':>10} "
           f"{'speedup':>8} {'peak eager':>11} {'peak fast':>10} {'argmax bf16':>12}")
     for r in results:
-        print(f"{r['variant']:8} {r['eager_fp32_ms']:9.2f}ms {r['fast_fp32_ms']:8.2f}ms "
-              f"{r['fast_bf16_mamba_scans_ms']:8.2f}ms {r['fast_bf16_ms']:8.2f}ms "
-              f"{r['fast_fp16_ms']:8.2f}ms {r['speedup_bf16']:7.1f}x {r['eager_fp32_peak_mib']:8.0f}MiB "
-              f"{r['fast_bf16_peak_mib']:7.0f}MiB {r['fast_bf16_argmax_agree_pct']:10.2f}%")
+        print(f"{r['variant']:8} {r['eager_fp32_ms']:9.2f}ms {ms(r, 'fast_fp32_ms')} {ms(r, 'fast_bf16_mamba_scans_ms')} "
+              f"{r['fast_bf16_ms']:8.2f}ms {ms(r, 'fast_fp16_ms')} {r['speedup_bf16']:7.1f}x "
+              f"{r['eager_fp32_peak_mib']:8.0f}MiB {r['fast_bf16_peak_mib']:7.0f}MiB {r['fast_bf16_argmax_agree_pct']:10.2f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "results": results},

@@ -5,12 +5,14 @@
 
 Records every scan call a batch-1 forward makes (shape, directions, d_state), then for each distinct call times the
 unfused path (cat/flip copies + mamba-ssm's kernel + flip back, as the model ran before the fused kernel) and the
-fused kernel on random bf16 inputs of that shape, each replayed as a CUDA graph. Reports the error of the fused
-kernel against the unfused fp32 path, and per forward the summed scan time of both. ``--sweep`` also times a grid
-of (BLOCK_D, segments, num_warps, steps) per call to tune ``ops.triton_scan.pick_config``. ``--golden`` checks the
+fused kernel on random bf16 inputs of that shape, each replayed as a CUDA graph: on plain and channels-last copies,
+and on the layout the model hands it ("model layout": SS2D's one row-major tensor read in both orders, the other
+blocks' channels-last tokens; also with B and C in float32). Reports the error of the fused kernel against the
+unfused fp32 path, and per forward the summed scan time. ``--sweep`` also times a grid of (BLOCK_D, segments,
+num_warps, steps) per call, on the model's layout, to tune ``ops.triton_scan.pick_config``. ``--golden`` checks the
 authors' golden case A through the fast fp32 path with fused scans. ``--compare-with`` also times another version
-of the kernel's module at its own default configuration, in the same run (for instance the previous commit's:
-``git show HEAD~1:sigma_ros/ops/triton_scan.py > /tmp/old_scan.py``).
+of the kernel's module at its own default configuration on the model's layout, in the same run (for instance the
+previous commit's: ``git show HEAD~1:sigma_ros/ops/triton_scan.py > /tmp/old_scan.py``).
 """
 from __future__ import annotations
 
@@ -81,24 +83,25 @@ def make_inputs(shape, k, n, dtype, dev, seed=0):
             -torch.exp(rand(k * d, n).clamp(-2, 2)), bc[:, :, :n], bc[:, :, n:], rand(k * d), 0.5 * rand(k * d))
 
 
-def channels_last(inputs):
+def channels_last(inputs, bc_dtype=None):
     """The same values stored (batch, ..., L, dim/N), as channels-last activations give: B and C stay views of one
-    (batch, K, L, 2N) tensor, as the model's projection makes them."""
+    (batch, K, L, 2N) tensor, as the model's projection makes them (in ``bc_dtype``, if given)."""
     u, delta, a, b, c, d, bias = inputs
     u, delta = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (u, delta))
-    bc = torch.cat([b, c], dim=2).transpose(-1, -2).contiguous().transpose(-1, -2)
+    bc = torch.cat([b, c], dim=2).to(bc_dtype or b.dtype).transpose(-1, -2).contiguous().transpose(-1, -2)
     return u, delta, a, bc[:, :, :b.shape[2]], bc[:, :, b.shape[2]:], d, bias
 
 
-def map_layout(shape, k, n, dtype, dev):
-    """SS2D's inputs as the model now passes them (``map_height``): one row-major token tensor for both orders,
-    dt and [B, C] of every direction at row-major positions, as the projection GEMMs write them."""
+def map_layout(shape, k, n, dtype, dev, bc_dtype=None):
+    """SS2D's inputs as the model passes them (``map_height``): one row-major token tensor for both orders,
+    dt and [B, C] of every direction at row-major positions, as the projection GEMMs write them (B and C in
+    ``bc_dtype`` if given)."""
     b, g, d, seq_len = shape
     gen = torch.Generator(device=dev).manual_seed(0)
     rand = lambda *s: torch.randn(*s, device=dev, generator=gen)  # noqa: E731
     x = rand(b, seq_len, d).to(dtype)
     dt = (0.5 * rand(b, seq_len, k, d) - 1).to(dtype).permute(0, 2, 3, 1)
-    bc = rand(b, seq_len, k, 2 * n).to(dtype).permute(0, 2, 3, 1)
+    bc = rand(b, seq_len, k, 2 * n).to(bc_dtype or dtype).permute(0, 2, 3, 1)
     return (x.transpose(1, 2)[:, None].expand(b, g, d, seq_len), dt, -torch.exp(rand(k * d, n).clamp(-2, 2)),
             bc[:, :, :n], bc[:, :, n:], rand(k * d), 0.5 * rand(k * d))
 
@@ -114,10 +117,10 @@ def load_module(path: str):
 
 
 def sweep_configs(shape, k, n):
-    """(BLOCK_D, segments, warps, steps) to try: one channel a lane, 1, 2 or 4 steps a group (not 4 at d_state 16:
-    too many registers), segments for 24 to 192 programs a multiprocessor."""
+    """(BLOCK_D, segments, warps, steps) to try: one channel a lane, 1, 2 or 4 steps a group, segments for 24 to 192
+    programs a multiprocessor."""
     configs = []
-    for steps in (1, 2) if n >= 16 else (1, 2, 4):
+    for steps in (1, 2, 4):
         for warps_per_sm in (24, 48, 96, 192):
             segments = triton_scan.pick_segments(shape[0] * k, shape[2], shape[3], 32, warps_per_sm)
             if (32, segments, 1, steps) not in configs:
@@ -175,9 +178,9 @@ def main() -> int:
     model = build_sigma(SigmaConfig.from_variant(args.variant, num_classes=9)).to(dev).eval()
     calls = record_calls(model, torch.randn(1, 3, h, w, device=dev), torch.randn(1, 3, h, w, device=dev))
     del model
-    total_unfused = total_fused = total_best = total_other = 0.0
+    total_unfused = total_fused = total_best = total_other = total_model = total_fp32_bc = 0.0
     print(f"\n{'u shape':22} {'K':>2} {'N':>2} {'calls':>5} {'unfused':>9} {'fused':>9} {'ch-last':>9} {'rel err':>8}  "
-          + ("compared (ch-last)  " if other else "") + "config (BLOCK_D, segments, warps, steps)")
+          + ("compared (model layout)  " if other else "") + "config (BLOCK_D, segments, warps, steps)")
     deadline = time.perf_counter() + args.sweep_budget_s
     for (shape, k, n, bidirectional), count in sorted(calls.items(), key=lambda c: -np.prod(c[0][0]) * c[0][2]):
         inputs = make_inputs(shape, k, n, torch.bfloat16, dev)
@@ -189,33 +192,45 @@ def main() -> int:
             t_fused = graph_ms(lambda: triton_scan.scan_directions(*inputs, bidirectional))
             last = channels_last(inputs)
             t_fused_last = graph_ms(lambda: triton_scan.scan_directions(*last, bidirectional, channels_last=True))
-            t_map = None
+            # as the model calls the kernel: SS2D reads both orders of one row-major tensor (map_height), the
+            # other blocks channels-last tokens; also with B and C in float32 (no conversions in the kernel, but
+            # one more GEMM a call in the model)
             height = next((h // 2**s for s in range(2, 6) if (h // 2**s) * (w // 2**s) == shape[3]), None)
-            if shape[1] == 2 and bidirectional and height:  # SS2D: both orders read from one row-major tensor
-                mapped = map_layout(shape, k, n, torch.bfloat16, dev)
-                t_map = graph_ms(lambda: triton_scan.scan_directions(*mapped, True, channels_last=True,
-                                                                     map_height=height))
+            if shape[1] == 2 and bidirectional and height:
+                model_in = map_layout(shape, k, n, torch.bfloat16, dev)
+                fp32_bc_in = map_layout(shape, k, n, torch.bfloat16, dev, torch.float32)
+            else:
+                height = 0
+                model_in, fp32_bc_in = last, channels_last(inputs, torch.float32)
+            model_ms = graph_ms(lambda: triton_scan.scan_directions(*model_in, bidirectional, channels_last=True,
+                                                                    map_height=height))
+            fp32_bc_ms = graph_ms(lambda: triton_scan.scan_directions(*fp32_bc_in, bidirectional,
+                                                                      channels_last=True, map_height=height))
             if other is not None:
                 other_out = other.scan_directions(*last, bidirectional, channels_last=True)
                 other_err = ((other_out - reference.float()).norm() / reference.float().norm()).item()
-                t_other = graph_ms(lambda: other.scan_directions(*last, bidirectional, channels_last=True))
+                t_other = graph_ms(lambda: other.scan_directions(*model_in, bidirectional, channels_last=True,
+                                                                 map_height=height))
         config = triton_scan.pick_config(shape[0] * k, shape[2], shape[3], n)
         row = {"u_shape": shape, "directions": k, "d_state": n, "bidirectional": bidirectional, "calls": count,
                "unfused_ms": t_unfused, "fused_ms": t_fused, "fused_channels_last_ms": t_fused_last,
-               "fused_rel_err": err, "config": config, "fused_map_layout_ms": t_map}
+               "fused_rel_err": err, "config": config, "model_layout_ms": model_ms,
+               "model_layout_fp32_bc_ms": fp32_bc_ms, "map_height": height}
         if other is not None:
             row.update(compared_ms=t_other, compared_rel_err=other_err)
             total_other += count * t_other
         if args.sweep and time.perf_counter() < deadline and args.sweep_d_state in (0, n):
-            best = (t_fused_last, config)
+            best = (model_ms, config)
+            with torch.inference_mode():
+                model_ref = triton_scan.scan_directions(*model_in, bidirectional, channels_last=True, map_height=height)
             row["sweep"] = []
             for candidate in sweep_configs(shape, k, n):
                 if time.perf_counter() > deadline:
                     break
                 with torch.inference_mode():
                     run = lambda: triton_scan.scan_directions(  # noqa: E731
-                        *last, bidirectional, channels_last=True, config=candidate)
-                    candidate_err = ((run() - reference.float()).norm() / reference.float().norm()).item()
+                        *model_in, bidirectional, channels_last=True, map_height=height, config=candidate)
+                    candidate_err = ((run() - model_ref).norm() / model_ref.norm()).item()  # vs the default config
                     t = graph_ms(run, iters=20)
                 row["sweep"].append((candidate, t, candidate_err))
                 if candidate_err < 1e-5:
@@ -223,18 +238,23 @@ def main() -> int:
             row["best_ms"], row["best_config"] = best
             total_best += count * best[0]
         else:
-            total_best += count * min(t_fused, t_fused_last)
+            total_best += count * model_ms
         total_unfused += count * t_unfused
         total_fused += count * t_fused
+        total_model += count * model_ms
+        total_fp32_bc += count * fp32_bc_ms
         out["calls"].append(row)
         print(f"{str(shape):22} {k:2d} {n:2d} {count:5d} {t_unfused:7.3f}ms {t_fused:7.3f}ms {t_fused_last:7.3f}ms "
               f"{err:8.1e}  " + (f"{t_other:7.3f}ms {other_err:7.1e}  " if other else "") + f"{row['config']}"
-              + (f"  map layout {t_map:.3f}ms" if t_map else "")
+              + f"  model layout {model_ms:.3f}ms (fp32 B/C {fp32_bc_ms:.3f}ms)"
               + (f"  best {row['best_config']} {row['best_ms']:.3f}ms" if "best_ms" in row else ""), flush=True)
-    out.update(scan_ms_per_forward_unfused=total_unfused, scan_ms_per_forward_fused=total_fused)
+    out.update(scan_ms_per_forward_unfused=total_unfused, scan_ms_per_forward_fused=total_fused,
+               scan_ms_per_forward_model_layout=total_model, scan_ms_per_forward_model_layout_fp32_bc=total_fp32_bc)
     if other is not None:
         out["scan_ms_per_forward_compared"] = total_other
-        print(f"per forward, the compared module ({args.compare_with}) at its defaults: {total_other:.2f} ms")
+        print(f"per forward, the compared module ({args.compare_with}) at its defaults, on the model's layout: "
+              f"{total_other:.2f} ms")
+    print(f"per forward, as the model calls the kernel: {total_model:.2f} ms ({total_fp32_bc:.2f} ms with float32 B/C)")
     print(f"\nper Sigma-{args.variant} forward: unfused scans {total_unfused:.2f} ms, fused {total_fused:.2f} ms, "
           f"fused at the best layout/config measured {total_best:.2f} ms")
     out["scan_ms_per_forward_best"] = total_best

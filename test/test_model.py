@@ -220,3 +220,14 @@ def test_scan_custom_op_for_torch_compile_matches_the_kernel():
         routed = model(rgb, x)
     with torch.no_grad():
         assert torch.equal(routed, model(rgb, x))
+
+
+@pytest.mark.parametrize("variant,paper_gflops", [("tiny", 89.5), ("small", 139.0), ("base", 241.0)])
+def test_flop_count_matches_the_papers_figures(variant, paper_gflops):
+    """``sigma-ros info``'s count runs the model on the meta device (no memory, no kernels): it must get through
+    every block (the decoder's up-sampling once turned autocast off for the meta device and failed) and reproduce
+    the paper's GFLOPs at 480x640."""
+    from sigma_ros.tools.info import count_flops
+
+    counted = count_flops(SigmaConfig.from_variant(variant, num_classes=9), 480, 640)
+    assert counted["authors_gflops"] == pytest.approx(paper_gflops, rel=0.015)

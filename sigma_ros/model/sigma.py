@@ -668,7 +668,9 @@ def _upsample2x(x: torch.Tensor, norm: LayerNorm | None = None) -> torch.Tensor:
             if norm is None:
                 return triton_upsample.upsample2x(x)
             return triton_upsample.upsample2x(x, norm.weight, norm.bias, norm.eps, norm._out_dtype(x, None))
-    with torch.autocast(x.device.type, enabled=False):
+    autocast_off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") \
+        else contextlib.nullcontext()  # autocast rejects other device types (the FLOP counter's meta tensors)
+    with autocast_off:
         x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
     x = x.permute(0, 2, 3, 1)
     return x if norm is None else norm(x)

@@ -70,7 +70,8 @@ def inference_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
       would otherwise cast its float32 weight again on every forward (about 370 small kernels a Sigma-T frame,
       replayed inside the CUDA graph too).
     - Modules with a ``freeze`` method compute the constants their fused path derives from the parameters once
-      (A = -exp(A_log) in the kernel's layout, the merged scan projections).
+      (A = -exp(A_log) in the kernel's layout, the merged scan projections, the head as a matrix padded to aligned
+      rows).
     Everything else (LayerNorms, A_log, D, dt biases, scales) stays float32, as autocast keeps it. The caller's
     model is left untouched, so fp32, bf16 and fp16 fast paths can be built from one model.
     """

@@ -66,11 +66,13 @@ def test_fused_scan_reads_channels_last_inputs(kernel):
     assert stored_last.stride(-2) == 1 and torch.equal(stored_last, expected)
 
 
-def test_fused_scan_reads_column_order_in_place(kernel):
+@pytest.mark.parametrize("batch,height,width,dim", [(2, 3, 5, 4), (1, 13, 37, 2)])
+def test_fused_scan_reads_column_order_in_place(kernel, batch, height, width, dim):
     """map_height: the second base sequence is the column-major order of the first's (H, W) map, read (and written)
-    at row-major positions of the same tensors; equal to scanning explicit column-order copies."""
+    at row-major positions of the same tensors; equal to scanning explicit column-order copies. The kernel finds a
+    position's column by a float32 division: the larger map checks it over some five hundred positions."""
     g = torch.Generator().manual_seed(6)
-    batch, height, width, dim, n = 2, 3, 5, 4, 4
+    n = 4
     seq_len = height * width
     x = torch.randn(batch, seq_len, dim, generator=g)  # row-major tokens
     dt = 0.5 * torch.randn(batch, seq_len, 4, dim, generator=g)  # per direction, at row-major positions
@@ -97,8 +99,8 @@ def test_fused_scan_reads_column_order_in_place(kernel):
         y = kernel.scan_directions(*args, True, channels_last=True, map_height=height, config=config).cpu()
         assert (y[:, 0] - expected[:, 0]).abs().max().item() < 1e-5
         assert (y[:, 1].transpose(1, 2) - expected_cols).abs().max().item() < 1e-5
-    with pytest.raises(ValueError, match="map_height=4"):
-        kernel.scan_directions(*args, True, map_height=4)
+    with pytest.raises(ValueError, match=f"map_height={height + 1}"):  # not a whole map
+        kernel.scan_directions(*args, True, map_height=height + 1)
 
 
 def test_fused_scan_takes_half_precision_inputs(kernel):

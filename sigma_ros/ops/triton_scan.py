@@ -78,7 +78,7 @@ if triton is not None:
                                              is_pure=True, pack=1)
 
     @triton.jit
-    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W,
+    def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W, inv_h,
                      offs_d, mask_d, COLUMN_TWIN: tl.constexpr):
         """Loads of one step (none depend on the state, so a group of steps can be in flight together).
 
@@ -88,8 +88,9 @@ if triton is not None:
         valid = (offs_d * 0 + t) < t_end  # per element: Triton's interpreter (the tests) rejects a scalar mask
         t = tl.minimum(t, L - 1)
         pos = tl.where(reverse, L - 1 - t, t)
-        if COLUMN_TWIN:
-            pos = tl.where(column, (pos % H) * W + pos // H, pos)
+        if COLUMN_TWIN:  # column pos // H in float32 (exact below 2^22 positions): integer division costs ~25 ops
+            col = ((pos.to(tl.float32) + 0.5) * inv_h).to(tl.int32)
+            pos = tl.where(column, (pos - col * H) * W + col, pos)
         u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
         dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32)
         b = tl.load(b_col + pos * sb_l).to(tl.float32)
@@ -131,18 +132,18 @@ if triton is not None:
         return h, dt_sum
 
     @triton.jit
-    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W,
+    def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W, inv_h,
                       offs_d, mask_d, COLUMN_TWIN: tl.constexpr, STEPS: tl.constexpr):
         """The loads of STEPS (a power of two) consecutive steps from t, as a tuple."""
         if STEPS == 1:
             return (_step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column,
-                                 H, W, offs_d, mask_d, COLUMN_TWIN),)
+                                 H, W, inv_h, offs_d, mask_d, COLUMN_TWIN),)
         else:
             half: tl.constexpr = STEPS // 2
             return (_group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column,
-                                  H, W, offs_d, mask_d, COLUMN_TWIN, half)
+                                  H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, half)
                     + _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + half, t_end, L,
-                                    reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, half))
+                                    reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, half))
 
     @triton.jit
     def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
@@ -189,14 +190,14 @@ if triton is not None:
     @triton.jit(do_not_specialize=["a_ptr", "h_seg_ptr"])
     def _scan_directions_kernel(
         u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, y_ptr, h_seg_ptr, dt_seg_ptr,
-        L, D, K, SEG, SEGMENTS, W,
+        L, D, K, SEG, SEGMENTS, H, W, inv_h,
         su_b, su_g, su_d, su_l,
         sdt_b, sdt_k, sdt_d, sdt_l,
         sb_b, sb_k, sb_n, sb_l,
         sc_b, sc_k, sc_n, sc_l,
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
-        H: tl.constexpr, APPROX: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
+        APPROX: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
@@ -246,14 +247,14 @@ if triton is not None:
         t_start = seg * SEG
         t_end = tl.minimum(t_start + SEG, L)
         even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
-                             column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
+                             column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
         for t in range(t_start, t_end, 2 * STEPS):
             odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
-                                reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
+                                reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, even, OUTPUT, ACCUMULATE,
                                        APPROX, STEPS)
             even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
-                                 reverse, column, H, W, offs_d, mask_d, COLUMN_TWIN, STEPS)
+                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, odd, OUTPUT, ACCUMULATE,
                                        APPROX, STEPS)
         if not OUTPUT:
@@ -313,6 +314,8 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         raise ValueError(f"d_state must be a power of two for this kernel, got {d_state}")
     if map_height and (groups != 2 or seq_len % map_height):
         raise ValueError(f"map_height={map_height} needs 2 base sequences of a whole map, got {groups} of {seq_len}")
+    if map_height and seq_len >= 2**22:  # the kernel divides positions by the height in float32
+        raise ValueError(f"map_height: a map of {seq_len} positions is beyond the kernel's 2^22")
     height, width = (map_height, seq_len // map_height) if map_height else (1, seq_len)
     A_t = A.float().t().contiguous()  # (N, K*D)
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
@@ -325,11 +328,10 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
     args = (
         u, delta, A_t, B, C, D, delta_bias, y, h_seg, dt_seg,
-        seq_len, dim, k_dirs, seg_len, segments, width,
+        seq_len, dim, k_dirs, seg_len, segments, height, width, 1.0 / height,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
     meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, COLUMN_TWIN=bool(map_height),
-                H=height,  # a constant: the column order's index arithmetic divides by it at every step
                 APPROX=u.dtype != torch.float32,  # fp32 keeps the exact softplus (golden parity)
                 BLOCK_D=block_d, STEPS=steps,
                 FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy

@@ -1,4 +1,5 @@
-"""GPU inference: the plain fp32 eager path (the official code's math and op sequence) against the fast path, in one run.
+"""GPU inference: the plain fp32 eager path (the official code's math and op sequence) against the fast path,
+in one run.
 
     python bench/bench_gpu_inference.py [--variants tiny,small,base] [--json OUT.json]
 
@@ -143,12 +144,13 @@ def main() -> int:
     def ms(r, key):  # a column whose fast path was not asked for prints a dash
         return f"{r[key]:8.2f}ms" if key in r else f"{'-':>10}"
 
-    print(f"\n{'variant':8} {'eager fp32':>11} {'fast fp32':>10} {'bf16 mamba':>10} {'fast bf16':>10} {'fast fp16':>10} "
-          f"{'speedup':>8} {'peak eager':>11} {'peak fast':>10} {'argmax bf16':>12}")
+    print(f"\n{'variant':8} {'eager fp32':>11} {'fast fp32':>10} {'bf16 mamba':>10} {'fast bf16':>10} "
+          f"{'fast fp16':>10} {'speedup':>8} {'peak eager':>11} {'peak fast':>10} {'argmax bf16':>12}")
     for r in results:
-        print(f"{r['variant']:8} {r['eager_fp32_ms']:9.2f}ms {ms(r, 'fast_fp32_ms')} {ms(r, 'fast_bf16_mamba_scans_ms')} "
-              f"{r['fast_bf16_ms']:8.2f}ms {ms(r, 'fast_fp16_ms')} {r['speedup_bf16']:7.1f}x "
-              f"{r['eager_fp32_peak_mib']:8.0f}MiB {r['fast_bf16_peak_mib']:7.0f}MiB {r['fast_bf16_argmax_agree_pct']:10.2f}%")
+        print(f"{r['variant']:8} {r['eager_fp32_ms']:9.2f}ms {ms(r, 'fast_fp32_ms')} "
+              f"{ms(r, 'fast_bf16_mamba_scans_ms')} {r['fast_bf16_ms']:8.2f}ms {ms(r, 'fast_fp16_ms')} "
+              f"{r['speedup_bf16']:7.1f}x {r['eager_fp32_peak_mib']:8.0f}MiB {r['fast_bf16_peak_mib']:7.0f}MiB "
+              f"{r['fast_bf16_argmax_agree_pct']:10.2f}%")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "results": results},

@@ -113,7 +113,8 @@ class LayerNorm(nn.LayerNorm):
             from ..ops import triton_norm
 
             if triton_norm.runs_on(x):
-                return triton_norm.layer_norm(x, self.weight, self.bias, self.eps, other, gate, self._out_dtype(x, gate))
+                return triton_norm.layer_norm(x, self.weight, self.bias, self.eps, other, gate,
+                                              self._out_dtype(x, gate))
         y = super().forward(x if other is None else x + other)
         return y if gate is None else y.to(gate.dtype) * F.silu(gate)
 
@@ -220,8 +221,9 @@ class SSMParams(nn.Module):
     def _scan(self, u: torch.Tensor) -> torch.Tensor:
         """Scan G base sequences in K directions. u: (B, G, D, L) -> (B, G, D, L), summed over each one's directions.
 
-        Direction k = r * G + g scans u[:, g], reversed when r = 1 (so K = 2G, or K = G: forwards only). The projections are per position, so
-        they run on the base order; the scan reads reversed directions backwards (see :func:`scan_directions`).
+        Direction k = r * G + g scans u[:, g], reversed when r = 1 (so K = 2G, or K = G: forwards only). The
+        projections are per position, so they run on the base order; the scan reads reversed directions backwards
+        (see :func:`scan_directions`).
         """
         b, g, d, seq_len = u.shape
         weight = self.x_proj_weight.view(self.K // g, g, -1, d)

@@ -48,7 +48,8 @@ try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
 
-__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "supports", "pick_config", "pick_segments"]
+__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "supports", "pick_config",
+           "pick_segments"]
 
 def triton_available() -> bool:
     return triton is not None

@@ -15,6 +15,8 @@ Backends:
 Choice: the ``backend`` argument, else the environment variable SIGMA_SCAN_BACKEND (cuda|cpu|reference|auto),
 else auto: "cuda" for CUDA tensors when mamba-ssm imports, "cpu" for CPU tensors when numba imports,
 otherwise "reference" (with a one-time warning).
+Under torch.compile the "cuda" and "cpu" backends run as the custom ops ``sigma_ros::selective_scan`` and
+``sigma_ros::selective_scan_backward``, so a compiled training step keeps the scans inside its graphs.
 """
 from __future__ import annotations
 
@@ -362,17 +364,46 @@ def _np(*tensors: torch.Tensor) -> list:
     return [t.detach().numpy() for t in tensors]
 
 
+def _numba_forward(u, delta, A, B4, C4, D, delta_bias, softplus: bool, need_grad: bool):
+    """y, and the chunk states its backward restarts from (empty without ``need_grad``). Float32 contiguous CPU
+    tensors in, B and C grouped (batch, G, N, L)."""
+    kern = _load_numba()[0]
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    y = torch.empty((batch, dim, length), dtype=torch.float32)
+    nchunks = -(-length // kern.CHUNK) if need_grad else 0
+    hsave = torch.empty((batch, dim, nchunks, n) if need_grad else (0, 0, 0, 0), dtype=torch.float32)
+    nsplit = _nsplit(batch, dim, B4.shape[1])
+    _launch(kern.scan_fwd, *_np(u, delta, A, B4, C4, D, delta_bias), bool(softplus), nsplit, *_np(y, hsave))
+    return y, hsave
+
+
+def _numba_backward(u, delta, A, B4, C4, D, delta_bias, softplus: bool, hsave, dy):
+    """(du, ddelta, dA, dB, dC, dD, ddelta_bias), all float32, from the forward's inputs and chunk states."""
+    kern = _load_numba()[0]
+    batch, dim, length = u.shape
+    groups, n = B4.shape[1], A.shape[1]
+    dy = _f32c(dy)
+    nsplit = _nsplit(batch, dim, groups)
+    du = torch.empty_like(u)
+    ddelta = torch.empty_like(delta)
+    dA_part = torch.empty((batch, dim, n), dtype=torch.float64)
+    dB_part = torch.zeros((batch, groups, nsplit, n, length), dtype=torch.float32)
+    dC_part = torch.zeros_like(dB_part)
+    dD_part = torch.empty((batch, dim), dtype=torch.float64)
+    dbias_part = torch.empty((batch, dim), dtype=torch.float64)
+    _launch(kern.scan_bwd, *_np(u, delta, A, B4, C4, D, delta_bias), bool(softplus), *_np(hsave, dy), nsplit,
+            *_np(du, ddelta, dA_part, dB_part, dC_part, dD_part, dbias_part))
+    dA = dA_part.sum(0).float()
+    dB = dB_part.sum(2) if nsplit > 1 else dB_part[:, :, 0]
+    dC = dC_part.sum(2) if nsplit > 1 else dC_part[:, :, 0]
+    return du, ddelta, dA, dB, dC, dD_part.sum(0).float(), dbias_part.sum(0).float()
+
+
 class _NumbaScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B4, C4, D, delta_bias, softplus: bool, need_grad: bool):
-        kern = _load_numba()[0]
-        batch, dim, length = u.shape
-        n = A.shape[1]
-        y = torch.empty((batch, dim, length), dtype=torch.float32)
-        nchunks = -(-length // kern.CHUNK) if need_grad else 0
-        hsave = torch.empty((batch, dim, nchunks, n) if need_grad else (0, 0, 0, 0), dtype=torch.float32)
-        nsplit = _nsplit(batch, dim, B4.shape[1])
-        _launch(kern.scan_fwd, *_np(u, delta, A, B4, C4, D, delta_bias), bool(softplus), nsplit, *_np(y, hsave))
+        y, hsave = _numba_forward(u, delta, A, B4, C4, D, delta_bias, softplus, need_grad)
         if need_grad:
             ctx.save_for_backward(u, delta, A, B4, C4, D, delta_bias, hsave)
         ctx.softplus = bool(softplus)
@@ -381,25 +412,8 @@ class _NumbaScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the numba backward is not itself differentiable: double backward raises
     def backward(ctx, dy):
-        kern = _load_numba()[0]
         u, delta, A, B4, C4, D, delta_bias, hsave = ctx.saved_tensors
-        batch, dim, length = u.shape
-        groups, n = B4.shape[1], A.shape[1]
-        dy = _f32c(dy)
-        nsplit = _nsplit(batch, dim, groups)
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
-        dA_part = torch.empty((batch, dim, n), dtype=torch.float64)
-        dB_part = torch.zeros((batch, groups, nsplit, n, length), dtype=torch.float32)
-        dC_part = torch.zeros_like(dB_part)
-        dD_part = torch.empty((batch, dim), dtype=torch.float64)
-        dbias_part = torch.empty((batch, dim), dtype=torch.float64)
-        _launch(kern.scan_bwd, *_np(u, delta, A, B4, C4, D, delta_bias), ctx.softplus, *_np(hsave, dy), nsplit,
-                *_np(du, ddelta, dA_part, dB_part, dC_part, dD_part, dbias_part))
-        dA = dA_part.sum(0).float()
-        dB = dB_part.sum(2) if nsplit > 1 else dB_part[:, :, 0]
-        dC = dC_part.sum(2) if nsplit > 1 else dC_part[:, :, 0]
-        return du, ddelta, dA, dB, dC, dD_part.sum(0).float(), dbias_part.sum(0).float(), None, None
+        return (*_numba_backward(u, delta, A, B4, C4, D, delta_bias, ctx.softplus, hsave, dy), None, None)
 
 
 def _nsplit(batch: int, dim: int, groups: int) -> int:
@@ -479,6 +493,93 @@ def _scan_cuda(u, delta, A, B, C, D, delta_bias, delta_softplus, fn=None):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# The scan as one differentiable op torch.compile can keep in its graph (training under torch.compile)
+# --------------------------------------------------------------------------------------------------------------------
+# mamba-ssm's autograd.Function and the numba kernels are opaque to dynamo: each scan would break the graph in two
+# (39 breaks a Sigma-T forward), and Inductor could not fuse the copies, casts and norms around the scans. As custom
+# ops with a fake implementation and a registered backward, forward and backward compile as one graph each. The ops
+# take the backend's own layouts (the caller casts and makes contiguous, in traced code) and return the states the
+# backend's backward restarts from.
+def _mamba_kernels():
+    """mamba-ssm's compiled extension (its loader has been run by :func:`_load_mamba`)."""
+    return sys.modules["selective_scan_cuda"]
+
+
+def _saved_state_shape(u: torch.Tensor, n: int) -> tuple:
+    batch, dim, length = u.shape
+    if u.is_cuda:  # mamba-ssm: (batch, dim, chunks of 2048, 2N) float32
+        return batch, dim, -(-length // 2048), 2 * n
+    return batch, dim, -(-length // _load_numba()[0].CHUNK), n
+
+
+@torch.library.custom_op("sigma_ros::selective_scan", mutates_args=())
+def _scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+             D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, states): y as the backend computes it (u's dtype on CUDA, float32 on the CPU) and the states its
+    backward restarts from. CUDA runs mamba-ssm's kernel, the CPU the numba kernels."""
+    if u.is_cuda:
+        y, states, *_ = _mamba_kernels().fwd(u, delta, A, B, C, D, None, delta_bias, delta_softplus)
+        return y, states
+    return _numba_forward(u, delta, A, B, C, D, delta_bias, delta_softplus, True)
+
+
+@_scan_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    y = u.new_empty(u.shape, dtype=u.dtype if u.is_cuda else torch.float32)
+    return y, u.new_empty(_saved_state_shape(u, A.shape[1]), dtype=torch.float32)
+
+
+@torch.library.custom_op("sigma_ros::selective_scan_backward", mutates_args=())
+def _scan_backward_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: torch.Tensor, delta_bias: torch.Tensor, delta_softplus: bool, states: torch.Tensor,
+                      dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                 torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias), each in its input's dtype."""
+    if u.is_cuda:
+        grads = _mamba_kernels().bwd(u, delta, A, B, C, D, None, delta_bias, dy.contiguous(), states, None, None,
+                                     delta_softplus, False)[:7]
+    else:
+        grads = _numba_backward(u, delta, A, B, C, D, delta_bias, delta_softplus, states, dy)
+    inputs = (u, delta, A, B, C, D, delta_bias)
+    return tuple(g.to(t.dtype) for g, t in zip(grads, inputs))  # mamba-ssm's dB and dC are float32
+
+
+@_scan_backward_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, delta_softplus, states, dy):
+    return tuple(torch.empty_like(t) for t in (u, delta, A, B, C, D, delta_bias))
+
+
+def _scan_op_setup(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, softplus = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, output[1])
+    ctx.softplus = softplus
+
+
+def _scan_op_backward(ctx, dy, dstates):
+    u, delta, A, B, C, D, delta_bias, states = ctx.saved_tensors
+    return (*_scan_backward_op(u, delta, A, B, C, D, delta_bias, ctx.softplus, states, dy), None)
+
+
+_scan_op.register_autograd(_scan_op_backward, setup_context=_scan_op_setup)
+
+
+def _scan_traceable(u, delta, A, B, C, D, delta_bias, delta_softplus):
+    """The backend's kernel through :func:`_scan_op`: the casts and layouts it needs are ordinary (traced,
+    differentiable) tensor ops around it. Absent D / delta_bias are zeros, as in the numba backend."""
+    dim = u.shape[1]
+    B = B.unsqueeze(1) if B.dim() == 3 else B
+    C = C.unsqueeze(1) if C.dim() == 3 else C
+    zeros = u.new_zeros(dim, dtype=torch.float32)
+    D = D if D is not None else zeros
+    delta_bias = delta_bias if delta_bias is not None else zeros
+    if u.is_cuda:
+        args = _prepare_cuda_args(u, delta, A, B, C, D, delta_bias)
+    else:
+        args = [t.to(torch.float32).contiguous() for t in (u, delta, A, B, C, D, delta_bias)]
+    return _scan_op(*args, bool(delta_softplus))[0].to(u.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------------------------------
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -487,6 +588,8 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     """Selective scan with mamba-ssm ``selective_scan_fn`` semantics (see the module docstring)."""
     _check_shapes(u, delta, A, B, C, D, delta_bias)
     name = resolve_backend(u.device, backend)
+    if name in ("cuda", "cpu") and torch.compiler.is_compiling():
+        return _scan_traceable(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if name == "cpu":
         return _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus)
     if name == "cuda":

@@ -5,13 +5,17 @@ AdamW, CE with ignore 255, the official recipe) for several precision settings, 
     python bench/bench_train.py --modes fp32,fast,fast_bf16scan --steps 200 --json bench/train.json
     torchrun --standalone --nproc_per_node 2 bench/bench_train.py --modes fast    # DDP: batch split over GPUs
     python bench/bench_train.py --cpu-smoke                       # micro model, 64x96, CPU: checks the script
+    python bench/bench_train.py --modes fast_bf16scan --profile 3  # + where a step's GPU time goes, by kernel kind
 
 Modes:
   fp32           fp32 everywhere, TF32 off (the official code's numerics; its reference: 784 ms/step = 10.2 img/s
                  and 59 GiB peak for Sigma-T batch 8 on an H200)
   fast           bf16 autocast + TF32 (the trainer's GPU default); every mode uses the trainer's fused AdamW
   fast_bf16scan  as fast, and the selective scans get bf16 inputs (fp32 state; trainer option scan_bf16)
-  <mode>_ckpt    any of the above with activation checkpointing (trainer option activation_checkpointing)
+  <mode>_ckpt    any of the above with activation checkpointing of every block (trainer option
+                 activation_checkpointing: all); <mode>_ckpthires of the first stage's blocks only (high-res)
+  <mode>_compile fp32, fast or fast_bf16scan with the model under torch.compile (trainer option compile); its
+                 compilation happens in the first step, timed separately
 Batches are synthetic street scenes (sigma_ros.data.synthetic) augmented by the trainer's pipeline once and kept
 on the device, so the loader is not timed here; the loader's own rate (one process) is printed separately.
 """
@@ -28,12 +32,15 @@ import numpy as np
 import torch
 
 MODES = {
-    "fp32": dict(amp=None, tf32=False, scan_bf16=False, ckpt=False),
-    "fast": dict(amp=torch.bfloat16, tf32=True, scan_bf16=False, ckpt=False),
-    "fast_bf16scan": dict(amp=torch.bfloat16, tf32=True, scan_bf16=True, ckpt=False),
+    "fp32": dict(amp=None, tf32=False, scan_bf16=False, ckpt=False, compile=False),
+    "fast": dict(amp=torch.bfloat16, tf32=True, scan_bf16=False, ckpt=False, compile=False),
+    "fast_bf16scan": dict(amp=torch.bfloat16, tf32=True, scan_bf16=True, ckpt=False, compile=False),
 }
 for _name in list(MODES):  # "<mode>_ckpt": the same with activation checkpointing (memory for compute)
-    MODES[_name + "_ckpt"] = {**MODES[_name], "ckpt": True}
+    MODES[_name + "_ckpt"] = {**MODES[_name], "ckpt": "all"}
+    MODES[_name + "_ckpthires"] = {**MODES[_name], "ckpt": "high-res"}
+for _name in [m for m in MODES if not MODES[m]["ckpt"]]:  # "<mode>_compile": under torch.compile (trainer: compile;
+    MODES[_name + "_compile"] = {**MODES[_name], "compile": True}  # it does not combine with checkpointing yet)
 
 
 def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, seed: int = 0):
@@ -55,7 +62,7 @@ def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, s
 def run_mode(name: str, args, dist_info, device, batches) -> dict:
     from sigma_ros.model import SigmaConfig, build_sigma
     from sigma_ros.training.optim import build_optimizer
-    from sigma_ros.training.step import enable_activation_checkpointing, train_step
+    from sigma_ros.training.step import compile_for_training, enable_activation_checkpointing, train_step
 
     mode = MODES[name]
     if device.type == "cuda":
@@ -66,13 +73,15 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
     cfg = SigmaConfig.from_variant(args.variant, num_classes=9)
     model = build_sigma(cfg).to(device).train()
     if mode["ckpt"]:
-        enable_activation_checkpointing(model)
+        enable_activation_checkpointing(model, mode["ckpt"])
     net = model
     if dist_info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
                   gradient_as_bucket_view=True)
+    if mode["compile"]:
+        net = compile_for_training(net, device)
     opt, info = build_optimizer(model, 6e-5, 0.01, official=args.official_param_groups)  # as the trainer
     gpu_batches = [tuple(t.to(device) for t in b) for b in batches]
 
@@ -89,9 +98,15 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
                           scan_bf16=mode["scan_bf16"])
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
+    t0 = time.perf_counter()
+    step()  # the first step pays for lazy set-up and, with torch.compile, for the compilation
+    sync()
+    first_step_s = time.perf_counter() - t0
+    for _ in range(args.warmup - 1):
         step()
     sync()
+    if args.profile and dist_info.rank == 0:
+        print_profile(name, step, args.profile, sync, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times, losses = [], []
@@ -110,12 +125,64 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
         "images_per_s": round(per_rank * dist_info.world_size / med, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
         "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+        "first_step_s": round(first_step_s, 1),
         "optimised_params": info["optimised_params"], "official_param_groups": args.official_param_groups,
     }
     del net, model, opt, gpu_batches
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return res
+
+
+# Kernel kinds of a training step, by the first pattern a CUDA kernel's name matches (names differ between torch
+# builds, so these are substrings, not exact names).
+KERNEL_KINDS = (
+    ("selective scan backward", ("selective_scan_bwd",)),
+    ("selective scan forward", ("selective_scan_fwd",)),
+    ("GEMM", ("gemm", "sm90_xmma", "cutlass", "cublas", "wgmma", "ampere_", "sm80_")),
+    ("convolution", ("conv", "dgrad", "wgrad", "implicit")),
+    ("LayerNorm", ("layer_norm", "LayerNorm")),
+    ("optimizer", ("multi_tensor", "adam", "Adam")),
+    ("copy / cat / flip / cast", ("copy", "cat", "flip", "Cat", "index", "gather", "scatter")),
+    ("reduction", ("reduce", "Reduce")),
+    ("element-wise", ("elementwise", "vectorized", "Elementwise", "unrolled")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    for kind, patterns in KERNEL_KINDS:
+        if any(p in name for p in patterns):
+            return kind
+    return "other"
+
+
+def print_profile(mode: str, step, steps: int, sync, device: torch.device) -> None:
+    """torch.profiler over ``steps`` training steps: GPU time per step by kernel kind, then the top kernels (on the
+    CPU: operator self time, which only checks the script)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gpu = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if gpu else ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+        sync()
+
+    def ms(e) -> float:
+        return (e.self_device_time_total if gpu else e.self_cpu_time_total) / steps / 1000
+
+    events = [e for e in prof.key_averages() if ms(e) > 0]
+    total = sum(ms(e) for e in events)
+    kinds: dict[str, list] = {}
+    for e in events:
+        entry = kinds.setdefault(kernel_kind(e.key), [0.0, 0])
+        entry[0] += ms(e)
+        entry[1] += e.count // steps
+    print(f"{mode}: {total:.1f} ms of {'GPU' if gpu else 'CPU'} time per step, by kernel kind:")
+    for kind, (t, count) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
+        print(f"  {t:8.1f} ms {100 * t / total:5.1f} % {count:6d} kernels  {kind}")
+    print("  top kernels:")
+    for e in sorted(events, key=ms, reverse=True)[:25]:
+        print(f"  {ms(e):8.2f} ms {e.count // steps:5d}x  {e.key[:100]}")
 
 
 def main() -> int:
@@ -129,6 +196,8 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--official-param-groups", action="store_true")
     ap.add_argument("--json", help="append the results to this JSON file (a list)")
+    ap.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                    help="profile this many extra steps per mode and print GPU time by kernel kind (CUDA)")
     ap.add_argument("--cpu-smoke", action="store_true", help="micro model, 64x96, batch 2, 2 steps on the CPU")
     args = ap.parse_args()
     if args.cpu_smoke:
@@ -166,7 +235,7 @@ def main() -> int:
         if main_rank:
             mem = f", peak {r['peak_mem_gib']:.2f} GiB" if r["peak_mem_gib"] is not None else ""
             print(f"{m:>14}: {r['step_ms_median']:8.1f} ms/step  {r['images_per_s']:7.2f} img/s{mem}  "
-                  f"(loss {r['loss_first']:.3f} -> {r['loss_last']:.3f})")
+                  f"(loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}; first step {r['first_step_s']:.1f} s)")
     if main_rank and len(results) > 1:
         base = results[0]["images_per_s"]
         print("speed-up vs " + results[0]["mode"] + ": " +

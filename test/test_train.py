@@ -327,6 +327,59 @@ def test_pretrained_vmamba_weights_reach_the_encoder(syn, tmp_path):
         Trainer(_cfg(syn, tmp_path / "pt2", max_steps=1, pretrained=str(tmp_path / "nope.pth")), log=_quiet).setup()
 
 
+def test_high_res_checkpointing_covers_the_first_stage_blocks_only():
+    from sigma_ros.model import SigmaConfig, build_sigma
+    from sigma_ros.training.step import enable_activation_checkpointing
+
+    model = build_sigma(SigmaConfig.tiny())
+    assert enable_activation_checkpointing(model, "high-res") == 2 + 1 + 1 + 4  # encoder, 2 fusions, decoder
+    chosen = {n for n, m in model.named_modules() if getattr(m, "_sigma_checkpointed", False)}
+    assert chosen == {"backbone.vssm.layers.0.blocks.0", "backbone.vssm.layers.0.blocks.1", "backbone.cross_mamba.0",
+                      "backbone.channel_attn_mamba.0", *(f"decode_head.layers_up.3.blocks.{i}" for i in range(4))}
+    with pytest.raises(ValueError, match="high-res"):
+        enable_activation_checkpointing(model, "some")
+    with pytest.raises(ValueError, match="activation_checkpointing"):
+        TrainConfig(data="d", out="o", activation_checkpointing="some").validate()
+    assert TrainConfig(activation_checkpointing=True).checkpointing == "all"
+    assert TrainConfig(activation_checkpointing="high-res").checkpointing == "high-res"
+    assert TrainConfig().checkpointing is None
+
+
+def test_compiled_training_matches_eager_gradients():
+    """The model as the trainer compiles it is one graph (fullgraph: the scans are custom ops with a registered
+    backward), and the loss's gradients equal the eager model's. aot_eager: the graphs Inductor would get, without
+    its code generation (minutes on a CPU)."""
+    import copy
+
+    from sigma_ros.model import SigmaConfig, build_sigma
+    from sigma_ros.ops.selective_scan import resolve_backend
+
+    resolve_backend("cpu")  # as compile_for_training does before any tracing
+    torch.manual_seed(0)
+    eager = build_sigma(SigmaConfig.micro(drop_path_rate=0.0, decoder_drop_path_rate=0.0)).train()
+    rgb, x = torch.randn(2, 3, H, W), torch.randn(2, 3, H, W)
+
+    def grads(model, fn):
+        fn(rgb, x).square().mean().backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    g0 = grads(eager, eager)
+    plain = copy.deepcopy(eager)
+    g1 = grads(plain, torch.compile(plain, backend="aot_eager", fullgraph=True))
+    for name, g in g0.items():
+        torch.testing.assert_close(g1[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_compile_gives_way_to_activation_checkpointing(syn, tmp_path):
+    msgs = []
+    trainer = Trainer(_cfg(syn, tmp_path / "run", compile=True, activation_checkpointing="high-res", max_steps=1),
+                      log=msgs.append)
+    trainer.setup()
+    assert not trainer.compiled and trainer.ddp is trainer.model
+    assert any("torch.compile is off" in m for m in msgs)
+    assert any("activation checkpointing (high-res): 4 blocks" in m for m in msgs)  # micro: one block of each kind
+
+
 def test_activation_checkpointing_trains_the_same_weights(syn, tmp_path):
     kw = dict(max_steps=2, eval_split=None, seed=5)
     Trainer(_cfg(syn, tmp_path / "plain", **kw), log=_quiet).run()

@@ -43,8 +43,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="steps between resume-state saves (state.pt, last.pt) [min(eval-every, 500)]")
     p.add_argument("--scan-bf16", action="store_true", default=None,
                    help="under bf16 autocast, feed the selective scans bf16 inputs (fp32 state; faster on GPU)")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None,
-                   help="recompute block activations in backward: much less GPU memory, about one extra forward")
+    p.add_argument("--activation-checkpointing", nargs="?", const="all", choices=["all", "high-res", "none"],
+                   default=None,
+                   help="recompute block activations in backward: 'all' blocks (the default when given without a "
+                        "value; much less GPU memory, about one extra forward) or the 'high-res' ones (the first "
+                        "stage's resolution: most of the memory for less recomputation)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model for training; the first step compiles, minutes on a first run "
+                        "[on for CUDA]")
     p.add_argument("--preprocessing", choices=["rgb", "official"], default=None,
                    help="input normalisation profile [init checkpoint's, else rgb]")
     p.add_argument("--modality", choices=["thermal", "depth"], default=None, help="[thermal]")

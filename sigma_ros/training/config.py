@@ -52,7 +52,12 @@ class TrainConfig:
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ (fp32 runs only)
     scan_bf16: bool = False  # under autocast, feed the selective scans bf16 inputs (state stays fp32)
-    activation_checkpointing: bool = False  # recompute block activations in backward: far less memory, ~1 extra fwd
+    # recompute block activations in backward: "all" blocks (far less memory, ~1 extra forward) or "high-res" ones
+    # (the first stage's resolution: most of the memory for a fraction of the recomputation); true means "all"
+    activation_checkpointing: bool | str = False
+    # torch.compile the model for training (1.44x on an H100); default on for CUDA unless activation checkpointing
+    # is on (the two do not combine yet: bench/RESULTS.md)
+    compile: bool | None = None
     seed: int = 3407
     workers: int | None = None  # loader workers per process; default 0 on CPU, min(8, cores) on GPU
     threads: int | None = None  # torch CPU threads
@@ -96,10 +101,19 @@ class TrainConfig:
             problems.append(f"preprocessing must be 'rgb' or 'official', got {self.preprocessing!r}")
         if self.modality not in (None, "thermal", "depth"):
             problems.append(f"modality must be 'thermal' or 'depth', got {self.modality!r}")
+        if self.activation_checkpointing not in (False, True, None, "none", "all", "high-res"):
+            problems.append(f"activation_checkpointing must be all, high-res or none, got "
+                            f"{self.activation_checkpointing!r}")
         if self.amp_dtype not in ("bf16", "fp16"):
             problems.append(f"amp_dtype must be bf16 or fp16, got {self.amp_dtype!r}")
         if problems:
             raise ValueError("invalid training configuration: " + "; ".join(problems))
+
+    @property
+    def checkpointing(self) -> str | None:
+        """Which blocks activation checkpointing covers: "all", "high-res", or None."""
+        v = self.activation_checkpointing
+        return "all" if v is True else (v if v in ("all", "high-res") else None)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

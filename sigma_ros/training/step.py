@@ -61,22 +61,62 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     return total / accum_steps
 
 
+def compile_for_training(net: nn.Module, device: torch.device) -> nn.Module:
+    """``net`` under torch.compile for training steps (DDP-wrapped or not; the caller keeps the plain module for
+    evaluation and checkpoints, which share its parameters).
+
+    The selective scans are custom ops with a registered backward (``ops.selective_scan``), so forward and
+    backward each compile to one graph and Inductor fuses the copies, casts, norms and gates around the scans.
+    The first step compiles (minutes on a first run; Inductor caches kernels on disk for later runs). Where
+    compilation fails, dynamo runs that code eagerly instead of failing the run (``suppress_errors``). Not for a
+    model with activation checkpointing: the trainer uses one or the other (see ``TrainConfig.compile``).
+
+    The scan backend is resolved (mamba-ssm imported) here, before any tracing: an import that first happens
+    inside the compiled forward would make dynamo trace mamba-ssm's dependencies' module code too."""
+    import torch._dynamo
+
+    from sigma_ros.ops.selective_scan import resolve_backend
+
+    resolve_backend(device)
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(net)
+
+
 # Blocks whose activations are recomputed in backward when activation checkpointing is on: every encoder, fusion and
 # decoder block (outermost only; nesting would recompute twice).
 CHECKPOINT_BLOCKS = ("VSSBlock", "CrossMambaFusionBlock", "ConcatMambaFusionBlock", "CVSSDecoderBlock")
+CHECKPOINT_CHOICES = ("all", "high-res")
 
 
-def enable_activation_checkpointing(model: nn.Module, block_names=CHECKPOINT_BLOCKS) -> int:
-    """Recompute each block's activations in backward instead of storing them (torch.utils.checkpoint,
-    non-reentrant): much less training memory for about one extra forward. Weights and outputs are unchanged;
-    stochastic depth draws the same masks in the recomputation (RNG state is preserved). Returns the block count."""
+def block_stage(name: str) -> int | None:
+    """The encoder stage whose resolution a Sigma block (by its module name) works at: encoder layer i and fusion
+    blocks i at stage i; the decoder's ``layers_up.j`` at stage 3 - j. None for other modules."""
+    parts = name.split(".")
+    for key, to_stage in (("layers", int), ("cross_mamba", int), ("channel_attn_mamba", int),
+                          ("layers_up", lambda j: 3 - int(j))):
+        if key in parts[:-1]:
+            return to_stage(parts[parts.index(key) + 1])
+    return None
+
+
+def enable_activation_checkpointing(model: nn.Module, which: str = "all", block_names=CHECKPOINT_BLOCKS) -> int:
+    """Recompute block activations in backward instead of storing them (torch.utils.checkpoint, non-reentrant).
+
+    ``which``: "all" blocks (far less training memory for about one extra forward), or "high-res": only the blocks
+    at the first stage's resolution (a quarter of the input's), which hold the largest activations for the least
+    recomputation. Weights and outputs are unchanged; stochastic depth draws the same masks in the recomputation
+    (RNG state is preserved). Returns the block count."""
     from torch.utils.checkpoint import checkpoint
 
     from sigma_ros.model import sigma as sigma_module
 
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"activation checkpointing must be one of {CHECKPOINT_CHOICES}, got {which!r}")
     count = 0
-    for m in model.modules():
+    for name, m in model.named_modules():
         if type(m).__name__ not in block_names or getattr(m, "_sigma_checkpointed", False):
+            continue
+        if which == "high-res" and block_stage(name) != 0:
             continue
         orig = m.forward
 

@@ -433,16 +433,18 @@ def _launch(kernel, *args) -> None:
         kernel(*args)
 
 
+def _grouped_operands(u, B, C, D, delta_bias) -> tuple:
+    """B and C as (batch, G, N, L); absent D / delta_bias as zeros, so a kernel has one specialisation (their
+    gradients are then dropped)."""
+    zeros = u.new_zeros(u.shape[1], dtype=torch.float32)
+    return (B.unsqueeze(1) if B.dim() == 3 else B, C.unsqueeze(1) if C.dim() == 3 else C,
+            D if D is not None else zeros, delta_bias if delta_bias is not None else zeros)
+
+
 def _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus):
     if u.device.type != "cpu":
         raise RuntimeError(f"selective_scan backend 'cpu' needs CPU tensors, got {u.device}")
-    dim = u.shape[1]
-    B4 = B.unsqueeze(1) if B.dim() == 3 else B
-    C4 = C.unsqueeze(1) if C.dim() == 3 else C
-    # Absent D / bias become zeros so the kernel has one specialisation; their grads are then dropped.
-    zeros = u.new_zeros(dim, dtype=torch.float32)
-    D_ = D if D is not None else zeros
-    bias_ = delta_bias if delta_bias is not None else zeros
+    B4, C4, D_, bias_ = _grouped_operands(u, B, C, D, delta_bias)
     tensors = (u, delta, A, B4, C4, D_, bias_)
     need_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     # Cast/contiguous copies are made under autograd so gradients flow back to the caller's dtype and layout.
@@ -565,13 +567,8 @@ _scan_op.register_autograd(_scan_op_backward, setup_context=_scan_op_setup)
 
 def _scan_traceable(u, delta, A, B, C, D, delta_bias, delta_softplus):
     """The backend's kernel through :func:`_scan_op`: the casts and layouts it needs are ordinary (traced,
-    differentiable) tensor ops around it. Absent D / delta_bias are zeros, as in the numba backend."""
-    dim = u.shape[1]
-    B = B.unsqueeze(1) if B.dim() == 3 else B
-    C = C.unsqueeze(1) if C.dim() == 3 else C
-    zeros = u.new_zeros(dim, dtype=torch.float32)
-    D = D if D is not None else zeros
-    delta_bias = delta_bias if delta_bias is not None else zeros
+    differentiable) tensor ops around it."""
+    B, C, D, delta_bias = _grouped_operands(u, B, C, D, delta_bias)
     if u.is_cuda:
         args = _prepare_cuda_args(u, delta, A, B, C, D, delta_bias)
     else:

@@ -364,3 +364,6 @@ def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
 @scan_directions_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0):
     return _output(u, False, channels_last)
+
+
+from . import triton_scan_backward as _backward  # noqa: E402,F401  (registers scan_directions_op's backward)

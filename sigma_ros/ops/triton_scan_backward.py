@@ -1,0 +1,333 @@
+"""Backward of the multi-direction Triton scan (``triton_scan.scan_directions``), for training.
+
+mamba-ssm's backward kernel was 214 of a compiled Sigma-T training step's 417 ms of GPU time (bench/RESULTS.md), and
+it needs every reversed direction as a flipped copy. This one reads the directions in place, as the forward does,
+and needs nothing saved by the forward but its inputs.
+
+Per channel d of direction k, in scan order t (mamba-ssm semantics, dt = softplus(delta + bias)):
+    h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,        y_t = <C_t, h_t> + D u_t
+The adjoint lam_t = dL/dh_t runs backwards: lam_t = C_t gy_t + rho_{t+1}, with the carry rho_t = exp(dt_t A) lam_t.
+From lam_t and the states h_{t-1}, h_t:
+    dC_t = sum_d gy_t h_t           dB_t = sum_d lam_t dt_t u_t       du_t = D gy_t + dt_t <lam_t, B_t>
+    ddt_t = <lam_t, A exp(dt_t A) h_{t-1} + B_t u_t>                  dA += lam_t dt_t exp(dt_t A) h_{t-1}
+(dB and dC sum over a direction's channels, since B and C are shared by them.)
+
+Three kernels, each parallel over (batch, direction), blocks of BLOCK_D channels and segments of the sequence:
+
+1. ``_summaries``: per segment, the end state from a zero start, the carry rho at its start from a zero carry at its
+   end, and its summed dt.
+2. ``_fold``: per (batch, direction, channel block), walks the segments once forwards and once backwards and turns
+   those summaries into each segment's true entering state and carry (exp(A sum dt) carries a value across a
+   segment).
+3. ``_gradients``: walks a segment backwards, chunk by chunk. The adjoint needs h_{t-1} in reverse order, which the
+   recurrence cannot give stably (it would divide by exp(dt A)); so the segment's states are recomputed forwards
+   once, keeping the state at each chunk start, and each chunk's states are recomputed again into a scratch buffer
+   that the reverse pass reads. Its programs are persistent (a fixed number, each looping over work), so the
+   scratch is a few KB per program rather than every state of the sequence.
+dB, dC (and du where a reversed direction shares u with its forward twin) are summed with float32 atomics.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import triton_scan
+from .triton_scan import triton
+
+if triton is not None:
+    import triton.language as tl
+
+    from .triton_scan import _softplus
+
+    @triton.jit
+    def _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN: tl.constexpr):
+        """The base-order position of scan step t (see ``triton_scan._step_inputs``)."""
+        pos = tl.where(reverse, L - 1 - t, t)
+        if COLUMN_TWIN:
+            col = ((pos.to(tl.float32) + 0.5) * inv_h).to(tl.int32)
+            pos = tl.where(column, (pos - col * H) * W + col, pos)
+        return pos
+
+    @triton.jit
+    def _setup(pid_bk, d_block, K, D, G: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr):
+        batch = pid_bk // K
+        k = pid_bk % K
+        g = k % G
+        offs_d = d_block * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, N)
+        mask_d = offs_d < D
+        return batch, k, g, k >= G, g == 1, offs_d, offs_n, mask_d, k * D + offs_d
+
+    @triton.jit
+    def _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX: tl.constexpr):
+        """h_t from h_{t-1} (a = A log2 e); also returns dt_t."""
+        u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
+        dt = _softplus(tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32) + bias, APPROX)
+        b = tl.load(b_col + pos * sb_l).to(tl.float32)
+        return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
+
+    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr"])
+    def _summaries_kernel(
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, gy_ptr, hz_ptr, rz_ptr, sz_ptr,
+        L, D, K, SEG, SEGMENTS, H, W, inv_h,
+        su_b, su_g, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l, sb_b, sb_k, sb_n, sb_l, sc_b, sc_k, sc_n, sc_l,
+        sg_b, sg_g, sg_d, sg_l,
+        G: tl.constexpr, N: tl.constexpr, COLUMN_TWIN: tl.constexpr, APPROX: tl.constexpr, BLOCK_D: tl.constexpr,
+    ):
+        """Segment summaries from zero: end state (hz), carry at the start (rz), summed dt (sz)."""
+        pid_bk = tl.program_id(0)
+        seg = tl.program_id(2)
+        batch, k, g, reverse, column, offs_d, offs_n, mask_d, channel = _setup(pid_bk, tl.program_id(1), K, D, G, N,
+                                                                               BLOCK_D)
+        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        a = a * 1.4426950408889634
+        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
+        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
+        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
+        c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
+        gy_rows = gy_ptr + batch * sg_b + g * sg_g + offs_d * sg_d
+        t_start = seg * SEG
+        t_end = tl.minimum(t_start + SEG, L)
+
+        h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+        dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for t in range(t_start, t_end):
+            pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
+            h, dt = _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX)
+            dt_sum += dt
+        rho = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+        for i in range(0, t_end - t_start):
+            pos = _position(t_end - 1 - i, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
+            dt = _softplus(tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32) + bias, APPROX)
+            c = tl.load(c_col + pos * sc_l).to(tl.float32)
+            gy = tl.load(gy_rows + pos * sg_l, mask=mask_d, other=0.0).to(tl.float32)
+            rho = tl.exp2(dt[None, :] * a) * (c[:, None] * gy[None, :] + rho)
+        at = ((pid_bk * SEGMENTS + seg) * N + offs_n[:, None]) * D + offs_d[None, :]
+        tl.store(hz_ptr + at, h, mask=mask_d[None, :])
+        tl.store(rz_ptr + at, rho, mask=mask_d[None, :])
+        tl.store(sz_ptr + (pid_bk * SEGMENTS + seg) * D + offs_d, dt_sum, mask=mask_d)
+
+    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr"])
+    def _fold_kernel(a_ptr, hz_ptr, rz_ptr, sz_ptr, D, K, SEGMENTS, N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """In place: hz[s] <- the state entering segment s, rz[s] <- the carry entering it at its end."""
+        pid_bk = tl.program_id(0)
+        offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, N)
+        mask_d = offs_d < D
+        channel = (pid_bk % K) * D + offs_d
+        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        a = a * 1.4426950408889634
+        first = pid_bk * SEGMENTS
+        h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+        for s in range(0, SEGMENTS):
+            at = ((first + s) * N + offs_n[:, None]) * D + offs_d[None, :]
+            h_s = tl.load(hz_ptr + at, mask=mask_d[None, :], other=0.0)
+            dt_s = tl.load(sz_ptr + (first + s) * D + offs_d, mask=mask_d, other=0.0)
+            tl.store(hz_ptr + at, h, mask=mask_d[None, :])
+            h = tl.exp2(dt_s[None, :] * a) * h + h_s
+        rho = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+        for i in range(0, SEGMENTS):
+            s = SEGMENTS - 1 - i
+            at = ((first + s) * N + offs_n[:, None]) * D + offs_d[None, :]
+            r_s = tl.load(rz_ptr + at, mask=mask_d[None, :], other=0.0)
+            dt_s = tl.load(sz_ptr + (first + s) * D + offs_d, mask=mask_d, other=0.0)
+            tl.store(rz_ptr + at, rho, mask=mask_d[None, :])
+            rho = tl.exp2(dt_s[None, :] * a) * rho + r_s
+
+    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr", "scratch_ptr", "da_ptr"])
+    def _gradients_kernel(
+        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, gy_ptr, hz_ptr, rz_ptr, scratch_ptr,
+        du_ptr, ddt_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, dbias_ptr,
+        L, D, K, SEG, SEGMENTS, H, W, inv_h, WORK, D_BLOCKS,
+        su_b, su_g, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l, sb_b, sb_k, sb_n, sb_l, sc_b, sc_k, sc_n, sc_l,
+        sg_b, sg_g, sg_d, sg_l, sdu_b, sdu_g, sdu_d, sdu_l, sddt_b, sddt_k, sddt_d, sddt_l,
+        G: tl.constexpr, N: tl.constexpr, COLUMN_TWIN: tl.constexpr, APPROX: tl.constexpr, ACCUMULATE: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr,
+    ):
+        """Persistent: each program takes work items (batch x direction, channel block, segment) in turn.
+        Its scratch: CHUNKS chunk-start states, then CHUNK states of the chunk being reversed, each (N, BLOCK_D).
+        dB, dC are float32 (batch, K, L, N); dA is (N, K*D)."""
+        lanes = tl.arange(0, BLOCK_D)
+        offs_n = tl.arange(0, N)
+        tile = offs_n[:, None] * BLOCK_D + lanes[None, :]
+        starts = scratch_ptr + tl.program_id(0) * (CHUNKS + CHUNK) * N * BLOCK_D  # chunk-start states
+        states = starts + CHUNKS * N * BLOCK_D  # the states of the chunk being reversed
+        for w in range(tl.program_id(0), WORK, tl.num_programs(0)):
+            seg = w % SEGMENTS
+            d_block = (w // SEGMENTS) % D_BLOCKS
+            pid_bk = w // (SEGMENTS * D_BLOCKS)
+            batch, k, g, reverse, column, offs_d, offs_n, mask_d, channel = _setup(pid_bk, d_block, K, D, G, N,
+                                                                                   BLOCK_D)
+            a_nat = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+            a = a_nat * 1.4426950408889634
+            bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
+            dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
+            u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
+            dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+            b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
+            c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
+            gy_rows = gy_ptr + batch * sg_b + g * sg_g + offs_d * sg_d
+            du_rows = du_ptr + batch * sdu_b + g * sdu_g + offs_d * sdu_d
+            ddt_rows = ddt_ptr + batch * sddt_b + k * sddt_k + offs_d * sddt_d
+            dbc_col = (batch * K + k) * L * N + offs_n  # into dB, dC (batch, K, L, N)
+            at = ((pid_bk * SEGMENTS + seg) * N + offs_n[:, None]) * D + offs_d[None, :]
+            t_start = seg * SEG
+            t_end = tl.minimum(t_start + SEG, L)
+
+            # Forwards through the segment, keeping each chunk's entering state.
+            h = tl.load(hz_ptr + at, mask=mask_d[None, :], other=0.0)
+            for t0 in range(t_start, t_end, CHUNK):
+                tl.store(starts + ((t0 - t_start) // CHUNK) * N * BLOCK_D + tile, h)
+                for t in range(t0, tl.minimum(t0 + CHUNK, t_end)):
+                    pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
+                    h, dt = _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX)
+            tl.debug_barrier()
+
+            # Backwards, chunk by chunk: recompute the chunk's states, then run the adjoint over them.
+            rho = tl.load(rz_ptr + at, mask=mask_d[None, :], other=0.0)
+            da = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+            dd = tl.zeros([BLOCK_D], dtype=tl.float32)
+            dbias = tl.zeros([BLOCK_D], dtype=tl.float32)
+            n_chunks = (t_end - t_start + CHUNK - 1) // CHUNK
+            for j in range(0, n_chunks):
+                t0 = t_start + (n_chunks - 1 - j) * CHUNK
+                t1 = tl.minimum(t0 + CHUNK, t_end)
+                h = tl.load(starts + (n_chunks - 1 - j) * N * BLOCK_D + tile)
+                for t in range(t0, t1):
+                    pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
+                    h, dt = _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX)
+                    tl.store(states + (t - t0) * N * BLOCK_D + tile, h)
+                tl.debug_barrier()
+                for i in range(0, t1 - t0):
+                    t = t1 - 1 - i
+                    pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
+                    h = tl.load(states + (t - t0) * N * BLOCK_D + tile)
+                    u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
+                    x = tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32) + bias
+                    b = tl.load(b_col + pos * sb_l).to(tl.float32)
+                    c = tl.load(c_col + pos * sc_l).to(tl.float32)
+                    gy = tl.load(gy_rows + pos * sg_l, mask=mask_d, other=0.0).to(tl.float32)
+                    dt = tl.where(mask_d, _softplus(x, APPROX), 0.0)
+                    lam = c[:, None] * gy[None, :] + rho
+                    bu = b[:, None] * u[None, :]
+                    decayed_prev = h - dt[None, :] * bu  # exp(dt A) h_{t-1}, from h_t: no second state load
+                    ddt = tl.sum(lam * (a_nat * decayed_prev + bu), axis=0)
+                    dx = tl.where(x <= 20.0, ddt / (1.0 + tl.exp2(-x * 1.4426950408889634)), ddt)
+                    da += lam * dt[None, :] * decayed_prev
+                    dd += gy * u
+                    dbias += dx
+                    du = dskip * gy + dt * tl.sum(lam * b[:, None], axis=0)
+                    tl.store(ddt_rows + pos * sddt_l, dx.to(ddt_ptr.dtype.element_ty), mask=mask_d)
+                    if ACCUMULATE:  # a reversed direction and its forward twin share u
+                        tl.atomic_add(du_rows + pos * sdu_l, du, mask=mask_d, sem="relaxed")
+                    else:
+                        tl.store(du_rows + pos * sdu_l, du, mask=mask_d)
+                    tl.atomic_add(db_ptr + dbc_col + pos * N, tl.sum(lam * (dt * u)[None, :], axis=1), sem="relaxed")
+                    tl.atomic_add(dc_ptr + dbc_col + pos * N, tl.sum(h * gy[None, :], axis=1), sem="relaxed")
+                    rho = tl.exp2(dt[None, :] * a) * lam
+                tl.debug_barrier()
+            tl.atomic_add(da_ptr + offs_n[:, None] * (K * D) + channel[None, :], da, mask=mask_d[None, :],
+                          sem="relaxed")
+            tl.atomic_add(dd_ptr + channel, dd, mask=mask_d, sem="relaxed")
+            tl.atomic_add(dbias_ptr + channel, dbias, mask=mask_d, sem="relaxed")
+
+
+def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
+    """(BLOCK_D, segment length, chunk, programs) for the backward.
+
+    Chosen from the kernels' SASS for sm_90, not yet from timings (``bench/bench_gpu_scan_train.py --sweep``):
+    at d_state 16, 16 channels a warp (two lanes a channel, 8 states each: 128 registers, 16 warps a multiprocessor;
+    32 channels take 254 registers); at d_state 4, 64 (two channels a lane, fewer shuffles a channel for dB and dC,
+    128 registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds
+    the scratch (the chunk-start states of a segment) to some 50 KB a program; 16 programs a multiprocessor."""
+    block_d = 16 if d_state >= 16 else 64 if d_state <= 4 else 32
+    chunk = max(4, min(64, 256 // d_state))
+    segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d)
+    seg_len = math.ceil(min(512, math.ceil(seq_len / segments)) / chunk) * chunk
+    sms = triton_scan._multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 4
+    return block_d, seg_len, chunk, 16 * sms
+
+
+def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                             B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
+                             bidirectional: bool, map_height: int = 0,
+                             config: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
+    """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of ``triton_scan.scan_directions`` for the output
+    gradient ``gy`` (batch, G, dim, L); each in its input's dtype and shape (du float32 where u is)."""
+    batch, groups, dim, seq_len = u.shape
+    k_dirs, d_state = delta.shape[1], A.shape[1]
+    height, width = (map_height, seq_len // map_height) if map_height else (1, seq_len)
+    block_d, seg_len, chunk, programs = config or pick_backward_config(batch * k_dirs, dim, seq_len, d_state)
+    segments = math.ceil(seq_len / seg_len)
+    d_blocks = math.ceil(dim / block_d)
+    dev = u.device
+    A_t = A.float().t().contiguous()  # (N, K*D), as the forward reads it
+    D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
+    hz = torch.empty((batch * k_dirs, segments, d_state, dim), device=dev, dtype=torch.float32)
+    rz = torch.empty_like(hz)
+    sz = torch.empty((batch * k_dirs, segments, dim), device=dev, dtype=torch.float32)
+    common = (seq_len, dim, k_dirs, seg_len, segments, height, width, 1.0 / height)
+    strides = (*u.stride(), *delta.stride(), *B.stride(), *C.stride(), *gy.stride())
+    meta = dict(G=groups, N=d_state, COLUMN_TWIN=bool(map_height), APPROX=u.dtype != torch.float32,
+                BLOCK_D=block_d)
+    _summaries_kernel[(batch * k_dirs, d_blocks, segments)](u, delta, A_t, B, C, delta_bias, gy, hz, rz, sz,
+                                                           *common, *strides, num_warps=1, **meta)
+    _fold_kernel[(batch * k_dirs, d_blocks)](A_t, hz, rz, sz, dim, k_dirs, segments, N=d_state, BLOCK_D=block_d,
+                                             num_warps=1)
+
+    du = triton_scan._output(u, bidirectional, channels_last=u.stride(-2) == 1 and u.stride(-1) != 1)
+    ddelta = torch.empty_like(delta)
+    dA_t = torch.zeros_like(A_t)
+    dB = torch.zeros((batch, k_dirs, seq_len, d_state), device=dev, dtype=torch.float32)
+    dC = torch.zeros_like(dB)
+    dD, dbias = torch.zeros_like(D), torch.zeros_like(delta_bias)
+    work = batch * k_dirs * d_blocks * segments
+    programs = max(1, min(programs, work))
+    chunks = math.ceil(seg_len / chunk)
+    scratch = torch.empty((programs, chunks + chunk, d_state, block_d), device=dev, dtype=torch.float32)
+    _gradients_kernel[(programs,)](
+        u, delta, A_t, B, C, D, delta_bias, gy, hz, rz, scratch, du, ddelta, dA_t, dB, dC, dD, dbias,
+        *common, work, d_blocks, *strides, *du.stride(), *ddelta.stride(),
+        ACCUMULATE=bidirectional, CHUNK=chunk, CHUNKS=chunks, num_warps=1, **meta)
+    dB, dC = (t.transpose(-1, -2).to(B.dtype) for t in (dB, dC))
+    return du.to(u.dtype), ddelta, dA_t.t().to(A.dtype), dB, dC, dD, dbias
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The forward op's backward, so ``triton_scan.scan_directions_op`` trains (eagerly and under torch.compile)
+# --------------------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("sigma_ros::scan_directions_backward", mutates_args=())
+def scan_directions_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                                B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
+                                bidirectional: bool, map_height: int
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                           torch.Tensor, torch.Tensor]:
+    du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward(gy, u, delta, A, B, C, D, delta_bias, bidirectional,
+                                                                 map_height)
+    return du, ddelta, dA.contiguous(), dB, dC, dD.to(D.dtype), dbias.to(delta_bias.dtype)
+
+
+@scan_directions_backward_op.register_fake
+def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height):
+    batch, k_dirs, d_state, seq_len = B.shape
+    channels_last = u.stride(-2) == 1 and u.stride(-1) != 1
+    du = triton_scan._output(u, False, channels_last).to(u.dtype)
+    d_bc = B.new_empty((batch, k_dirs, seq_len, d_state)).transpose(-1, -2)
+    return (du, torch.empty_like(delta), A.new_empty(A.shape), d_bc, torch.empty_like(d_bc),
+            D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, B, C, D, delta_bias, bidirectional, _channels_last, map_height = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    ctx.bidirectional, ctx.map_height = bidirectional, map_height
+
+
+def _backward(ctx, gy):
+    grads = scan_directions_backward_op(gy, *ctx.saved_tensors, ctx.bidirectional, ctx.map_height)
+    return (*grads, None, None, None)
+
+
+triton_scan.scan_directions_op.register_autograd(_backward, setup_context=_setup_context)

@@ -14,8 +14,10 @@ Modes:
   fast_bf16scan  as fast, and the selective scans get bf16 inputs (fp32 state; trainer option scan_bf16)
   <mode>_ckpt    any of the above with activation checkpointing of every block (trainer option
                  activation_checkpointing: all); <mode>_ckpthires of the first stage's blocks only (high-res)
-  <mode>_compile fp32, fast or fast_bf16scan with the model under torch.compile (trainer option compile); its
+  <mode>_compile any of the above with the model under torch.compile (trainer option compile); its
                  compilation happens in the first step, timed separately
+  <mode>_tscan   any of the above with the fused Triton scan and its backward (trainer option triton_scans)
+                 instead of mamba-ssm's kernels on flipped copies
 Batches are synthetic street scenes (sigma_ros.data.synthetic) augmented by the trainer's pipeline once and kept
 on the device, so the loader is not timed here; the loader's own rate (one process) is printed separately.
 """
@@ -39,8 +41,12 @@ MODES = {
 for _name in list(MODES):  # "<mode>_ckpt": the same with activation checkpointing (memory for compute)
     MODES[_name + "_ckpt"] = {**MODES[_name], "ckpt": "all"}
     MODES[_name + "_ckpthires"] = {**MODES[_name], "ckpt": "high-res"}
-for _name in [m for m in MODES if not MODES[m]["ckpt"]]:  # "<mode>_compile": under torch.compile (trainer: compile;
-    MODES[_name + "_compile"] = {**MODES[_name], "compile": True}  # it does not combine with checkpointing yet)
+for _name in list(MODES):  # "<mode>_compile": under torch.compile (trainer option compile)
+    MODES[_name + "_compile"] = {**MODES[_name], "compile": True}
+for _name in list(MODES):  # "<mode>_tscan": the Triton scan and its backward (trainer option triton_scans)
+    MODES[_name + "_tscan"] = {**MODES[_name], "triton": True}
+for _mode in MODES.values():
+    _mode.setdefault("triton", False)
 
 
 def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, seed: int = 0):
@@ -95,7 +101,7 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
 
     def step():
         return train_step(net, opt, it, device, amp_dtype=mode["amp"], ddp=dist_info.enabled,
-                          scan_bf16=mode["scan_bf16"])
+                          scan_bf16=mode["scan_bf16"], triton_scans=mode["triton"])
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
@@ -137,8 +143,8 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
 # Kernel kinds of a training step, by the first pattern a CUDA kernel's name matches (names differ between torch
 # builds, so these are substrings, not exact names).
 KERNEL_KINDS = (
-    ("selective scan backward", ("selective_scan_bwd",)),
-    ("selective scan forward", ("selective_scan_fwd",)),
+    ("selective scan backward", ("selective_scan_bwd", "_summaries_kernel", "_fold_kernel", "_gradients_kernel")),
+    ("selective scan forward", ("selective_scan_fwd", "_scan_directions_kernel")),
     ("GEMM", ("gemm", "sm90_xmma", "cutlass", "cublas", "wgmma", "ampere_", "sm80_")),
     ("convolution", ("conv", "dgrad", "wgrad", "implicit")),
     ("LayerNorm", ("layer_norm", "LayerNorm")),

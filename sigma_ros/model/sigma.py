@@ -78,6 +78,23 @@ def fused_scan_applies(x: torch.Tensor, d_state: int) -> bool:
     return triton_scan.runs_on(x) and triton_scan.supports(d_state)
 
 
+# Training can take the same kernel, with its backward (``ops.triton_scan_backward``): no flipped copies and no
+# mamba-ssm backward, which was half of a compiled training step's GPU time.
+_training_scans = False
+
+
+def triton_training_scans(enabled: bool = True):
+    return _switched("_training_scans", enabled)
+
+
+def _triton_scan_trains(u: torch.Tensor, d_state: int) -> bool:
+    if not _training_scans or not torch.is_grad_enabled():
+        return False
+    from ..ops import triton_scan
+
+    return triton_scan.runs_on(u) and triton_scan.supports(d_state)
+
+
 # ... and its LayerNorms to one Triton kernel each (``ops.triton_norm``, see :class:`LayerNorm`), as well as the
 # decoder's up-sampling (with the norm that follows, ``ops.triton_upsample``) and pooling (``ops.triton_pool``).
 _fused_norms = False
@@ -137,6 +154,11 @@ def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, chann
         from ..ops import triton_scan
 
         return triton_scan.scan_directions_op(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last)
+    if _triton_scan_trains(u, A.shape[1]):
+        from ..ops import triton_scan
+
+        return triton_scan.scan_directions_op(*(_scan_input(t) for t in (u, delta)), A, _scan_input(B),
+                                              _scan_input(C), D, delta_bias, bidirectional, channels_last)
     b, g, d, seq_len = u.shape
     k = delta.shape[1]
     if bidirectional:  # materialise the reversed directions for a one-direction kernel
@@ -234,7 +256,8 @@ class SSMParams(nn.Module):
                                self.dt_projs_bias.reshape(-1).float(), bidirectional=self.K == 2 * g)
 
     def _scan_tokens(self, x: torch.Tensor, map_height: int = 0) -> torch.Tensor:
-        """The fused kernel's path (inference): x (B, L, D) row-major tokens -> (B, G, L, D) float32.
+        """The fused kernel's path (inference, and training with ``triton_training_scans``): x (B, L, D) row-major
+        tokens -> (B, G, L, D) float32.
 
         Every direction scans forwards and reversed. ConMB (G = 1): the token sequence. SS2D (G = 2, ``map_height``
         = H): the (H, L/H) map in row and in column order; the kernel reads the column order from the same row-major
@@ -246,7 +269,10 @@ class SSMParams(nn.Module):
         k, r, n = self.K, self.dt_rank, self.d_state
         proj, dt_proj, a = self._fused_constants()
         p = F.linear(x.reshape(b * seq_len, d), proj)
-        dts = F.linear(p[:, :k * r], dt_proj).view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
+        dts = F.linear(p[:, :k * r], dt_proj)
+        if torch.is_grad_enabled() and not _scan_low_precision_inputs:  # training's default: fp32 scan inputs
+            x, p, dts = x.float(), p.float(), dts.float()  # (casting whole tensors keeps the views' layouts)
+        dts = dts.view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
         bcs = p[:, k * r:k * (r + 2 * n)].view(b, seq_len, k, 2 * n).permute(0, 2, 3, 1)  # (B, K, 2N, L) view
         u = x.transpose(1, 2)[:, None].expand(b, 2 if map_height else 1, d, seq_len)
         y = triton_scan.scan_directions_op(u, dts, a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(),
@@ -276,12 +302,13 @@ class SSMParams(nn.Module):
         """Compute :meth:`_fused_constants` once, the matrices in ``dtype``. Only for a copy of the model whose
         parameters will not change again (the fast path's, see ``fast.inference_copy``)."""
         self._frozen = None
-        self._frozen = self._fused_constants(dtype)
+        with torch.no_grad():
+            self._frozen = self._fused_constants(dtype)
 
 
 def _kernel_a(a_log: torch.Tensor) -> torch.Tensor:
     """A = -exp(A_log), (K*D, N), stored transposed: the fused kernel reads it (N, K*D), so no copy per call."""
-    return (-torch.exp(a_log.detach().float())).t().contiguous().t()
+    return (-torch.exp(a_log.float())).t().contiguous().t()
 
 
 def _dt_init(dt_rank: int, d_inner: int, dt_min=1e-3, dt_max=0.1, floor=1e-4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,7 +347,12 @@ class SS2D(SSMParams):
             return self._forward_fused(x)
         x, z = self.in_proj(x).chunk(2, dim=-1)
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        rows, cols = self._cross_scan(x)
+        if _triton_scan_trains(x, self.d_state):  # the fused path's scan layout, with torch's ops around it
+            b, d, h, w = x.shape
+            ys = self._scan_tokens(x.permute(0, 2, 3, 1).reshape(b, h * w, d), map_height=h)
+            rows, cols = ys[:, 0].view(b, h, w, d), ys[:, 1].view(b, h, w, d)
+        else:
+            rows, cols = self._cross_scan(x)
         return self.out_proj(self.out_norm(rows, other=cols, gate=z))  # LN(rows + cols) * SiLU(z)
 
     def _cross_scan(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -466,7 +498,8 @@ class CrossMambaSSM(nn.Module):
     def freeze(self, dtype: torch.dtype):
         """Compute the fused kernel's A of both modalities once (see ``SSMParams.freeze``)."""
         self._frozen = None
-        self._frozen = self._kernel_as()
+        with torch.no_grad():
+            self._frozen = self._kernel_as()
 
 
 class CrossMambaFusion(nn.Module):

@@ -52,6 +52,9 @@ class TrainConfig:
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ (fp32 runs only)
     scan_bf16: bool = False  # under autocast, feed the selective scans bf16 inputs (state stays fp32)
+    # GPU: the fused Triton scan and its backward (ops.triton_scan_backward) instead of mamba-ssm's kernels on
+    # flipped copies; off until its speed is measured on a GPU (bench/RESULTS.md)
+    triton_scans: bool = False
     # recompute block activations in backward: "all" blocks (far less memory, ~1 extra forward) or "high-res" ones
     # (the first stage's resolution: most of the memory for a fraction of the recomputation); true means "all"
     activation_checkpointing: bool | str = False

@@ -2,7 +2,7 @@
 times exactly what the trainer runs)."""
 from __future__ import annotations
 
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from typing import Iterable
 
 import torch
@@ -18,20 +18,23 @@ def segmentation_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor
     return F.cross_entropy(logits.float(), label, ignore_index=IGNORE_INDEX, reduction="sum") / valid
 
 
-def _scan_precision(low: bool):
-    """bf16 scan inputs (fp32 state inside the kernel) when asked; the model's default casts them to fp32."""
-    if not low:
-        return nullcontext()
-    from sigma_ros.model.sigma import low_precision_scan_inputs
+@contextmanager
+def _scan_switches(low: bool, triton: bool):
+    """The model's scan switches for a step: bf16 scan inputs (fp32 state inside the kernel; the model's default
+    casts them to fp32) and the Triton scan with its backward instead of mamba-ssm's kernels on flipped copies."""
+    from sigma_ros.model.sigma import low_precision_scan_inputs, triton_training_scans
 
-    return low_precision_scan_inputs(True)
+    with low_precision_scan_inputs(low), triton_training_scans(triton):
+        yield
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable,
                device: torch.device, *, accum_steps: int = 1, amp_dtype: torch.dtype | None = None,
                scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
-               ddp: bool = False, scan_bf16: bool = False, params=None) -> torch.Tensor:
+               ddp: bool = False, scan_bf16: bool = False, triton_scans: bool = False,
+               params=None) -> torch.Tensor:
     """Forward/backward over ``accum_steps`` micro-batches of (rgb, x, label), then one optimiser step.
+    ``scan_bf16`` and ``triton_scans`` set the model's scan switches (see ``_scan_switches``).
 
     ``model`` may be DDP-wrapped (``ddp=True``): gradients are all-reduced only on the last micro-batch.
     Returns the mean micro-batch loss as a 0-d tensor on ``device`` (no host sync).
@@ -47,7 +50,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         sync = nullcontext() if (not ddp or a == accum_steps - 1) else model.no_sync()
         amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with sync:
-            with amp, _scan_precision(scan_bf16 and amp_dtype is not None):
+            with amp, _scan_switches(scan_bf16 and amp_dtype is not None, triton_scans):
                 logits = model(rgb, x)
             loss = segmentation_loss(logits, label)
             scaler.scale(loss / accum_steps).backward()
@@ -123,12 +126,17 @@ def enable_activation_checkpointing(model: nn.Module, which: str = "all", block_
         def forward(*args, _orig=orig):
             if not torch.is_grad_enabled():
                 return _orig(*args)
-            # The recomputation runs outside this call's context managers: carry the scan-precision switch over
+            if torch.compiler.is_compiling():
+                # Traced into the graph: the recomputation replays the traced ops, switches included. (A context
+                # manager that flips a module switch inside the checkpoint would make dynamo break the graph at
+                # every block and compile each one apart.)
+                return checkpoint(_orig, *args, use_reentrant=False)
+            # The recomputation runs outside this call's context managers: carry the scan switches over
             # (autocast state is carried by checkpoint itself).
-            low = getattr(sigma_module, "_scan_low_precision_inputs", False)
+            switches = sigma_module._scan_low_precision_inputs, sigma_module._training_scans
 
             def run(*a):
-                with _scan_precision(low):
+                with _scan_switches(*switches):
                     return _orig(*a)
 
             return checkpoint(run, *args, use_reentrant=False)

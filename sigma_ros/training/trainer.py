@@ -286,8 +286,9 @@ class Trainer:
             self.ddp = model
         self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         if self.compiled and cfg.checkpointing:
-            # Measured on the GPU: traced checkpoints gave NaN losses; eager ones inside a compiled model made
-            # dynamo recompile every block. Until that is solved, checkpointing (memory) wins over compile (speed).
+            # Measured on the GPU: with the checkpoints traced into the graph the loss was NaN (an H200 and an H100;
+            # the same graphs on the CPU match eager). Until that is solved, checkpointing (memory) wins over
+            # compile (speed).
             self.log("note: torch.compile is off: it does not combine with activation checkpointing yet")
             self.compiled = False
         if self.compiled:  # training steps only: evaluation and checkpoints use the plain module
@@ -491,6 +492,7 @@ class Trainer:
                  + (f" x{self.dist.world_size} (DDP)" if self.dist.enabled else "")
                  + f", {'bf16' if self.amp_dtype == torch.bfloat16 else 'fp16'} autocast" * self.amp
                  + ", torch.compile (the first step compiles: minutes on a first run)" * self.compiled
+                 + ", Triton scans with their own backward" * (cfg.triton_scans and self.device.type == "cuda")
                  + f"\noptimising {pi['optimised_params'] / 1e6:.2f}M params"
                  + (f"; official groups leave {pi['left_out_params'] / 1e6:.2f}M params "
                     f"({pi['left_out_tensors']} tensors) untrained" if cfg.official_param_groups else " (all)")
@@ -518,6 +520,7 @@ class Trainer:
             step_loss = train_step(self.ddp, self.optimizer, it, self.device, accum_steps=cfg.accum_steps,
                                    amp_dtype=self.amp_dtype if self.amp else None, scaler=self.scaler,
                                    grad_clip=cfg.grad_clip, ddp=self.dist.enabled, scan_bf16=cfg.scan_bf16,
+                                   triton_scans=cfg.triton_scans,
                                    params=self.model.parameters())
             self.scheduler.step()
             self.step += 1

@@ -327,6 +327,29 @@ def test_pretrained_vmamba_weights_reach_the_encoder(syn, tmp_path):
         Trainer(_cfg(syn, tmp_path / "pt2", max_steps=1, pretrained=str(tmp_path / "nope.pth")), log=_quiet).setup()
 
 
+def test_checkpointing_recomputes_branches_with_the_same_gradients():
+    """Checkpointed blocks recompute their residual branches without stashing RNG state: stochastic depth draws its
+    masks outside them, so with drop paths on, loss and every gradient equal those of the plain model."""
+    from sigma_ros.model import SigmaConfig, build_sigma
+    from sigma_ros.training.step import enable_activation_checkpointing
+
+    def grads(checkpointing):
+        torch.manual_seed(0)
+        model = build_sigma(SigmaConfig.micro(num_classes=3, drop_path_rate=0.5)).train()
+        if checkpointing:
+            assert enable_activation_checkpointing(model, "all") == 4 + 4 + 4 + 3
+        torch.manual_seed(1)
+        out = model(torch.randn(2, 3, 32, 48), torch.randn(2, 3, 32, 48))
+        out.square().mean().backward()
+        return out.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    out, ref = grads(False)
+    out_ck, got = grads(True)
+    assert torch.equal(out, out_ck)
+    for name, g in ref.items():
+        torch.testing.assert_close(got[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_high_res_checkpointing_covers_the_first_stage_blocks_only():
     from sigma_ros.model import SigmaConfig, build_sigma
     from sigma_ros.training.step import enable_activation_checkpointing

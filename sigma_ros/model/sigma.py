@@ -381,8 +381,15 @@ class VSSBlock(nn.Module):
         self.op = SS2D(dim, d_state, ssm_ratio)
         self.drop_path = DropPath(drop_path)
 
+    # What activation checkpointing recomputes: the residual branch, not the stochastic-depth mask (nothing random
+    # is recomputed, so no RNG state has to be replayed; training.step.enable_activation_checkpointing).
+    checkpointed_parts = ("branch",)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.op(self.norm(x)))
+        return x + self.drop_path(self.branch(x))
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(self.norm(x))
 
 
 class PatchMerging2D(nn.Module):
@@ -669,10 +676,18 @@ class CVSSDecoderBlock(nn.Module):
         self.norm2 = LayerNorm(dim, feeds_matmul=True)
         self.scale2 = nn.Parameter(torch.ones(dim))
 
+    checkpointed_parts = ("branch", "conv_branch")  # as VSSBlock's: the stochastic-depth mask stays outside
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         # y + x * scale as one addcmul: one pass over the map instead of a multiply and an add
-        x = torch.addcmul(self.drop_path(self.op(self.norm1(x))), x, self.scale1)
-        return torch.addcmul(self.conv_blk(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1), x, self.scale2)
+        x = torch.addcmul(self.drop_path(self.branch(x)), x, self.scale1)
+        return torch.addcmul(self.conv_branch(x), x, self.scale2)
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(self.norm1(x))
+
+    def conv_branch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_blk(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class PatchExpand(nn.Module):

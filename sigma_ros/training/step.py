@@ -107,41 +107,45 @@ def enable_activation_checkpointing(model: nn.Module, which: str = "all", block_
 
     ``which``: "all" blocks (far less training memory for about one extra forward), or "high-res": only the blocks
     at the first stage's resolution (a quarter of the input's), which hold the largest activations for the least
-    recomputation. Weights and outputs are unchanged; stochastic depth draws the same masks in the recomputation
-    (RNG state is preserved). Returns the block count."""
+    recomputation. A block recomputes the methods its class names in ``checkpointed_parts`` (its residual branches;
+    the whole forward if it names none): the stochastic-depth masks are drawn outside them, so nothing random is
+    recomputed and no RNG state is stashed. Weights, outputs and gradients are unchanged. Returns the block count."""
     from torch.utils.checkpoint import checkpoint
 
     from sigma_ros.model import sigma as sigma_module
 
     if which not in CHECKPOINT_CHOICES:
         raise ValueError(f"activation checkpointing must be one of {CHECKPOINT_CHOICES}, got {which!r}")
-    count = 0
-    for name, m in model.named_modules():
-        if type(m).__name__ not in block_names or getattr(m, "_sigma_checkpointed", False):
-            continue
-        if which == "high-res" and block_stage(name) != 0:
-            continue
-        orig = m.forward
 
-        def forward(*args, _orig=orig):
+    def recomputed(fn):
+        def part(*args):
             if not torch.is_grad_enabled():
-                return _orig(*args)
+                return fn(*args)
             if torch.compiler.is_compiling():
                 # Traced into the graph: the recomputation replays the traced ops, switches included. (A context
                 # manager that flips a module switch inside the checkpoint would make dynamo break the graph at
                 # every block and compile each one apart.)
-                return checkpoint(_orig, *args, use_reentrant=False)
+                return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
             # The recomputation runs outside this call's context managers: carry the scan switches over
             # (autocast state is carried by checkpoint itself).
             switches = sigma_module._scan_low_precision_inputs, sigma_module._training_scans
 
             def run(*a):
                 with _scan_switches(*switches):
-                    return _orig(*a)
+                    return fn(*a)
 
-            return checkpoint(run, *args, use_reentrant=False)
+            return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
 
-        m.forward = forward
+        return part
+
+    count = 0
+    for name, m in model.named_modules():
+        if type(m).__name__ not in block_names or getattr(m, "_sigma_checkpointed", False):
+            continue
+        if which == "high-res" and block_stage(name) != 0:
+            continue
+        for part in getattr(m, "checkpointed_parts", ("forward",)):
+            setattr(m, part, recomputed(getattr(m, part)))
         m._sigma_checkpointed = True
         count += 1
     return count

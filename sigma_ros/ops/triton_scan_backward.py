@@ -211,20 +211,22 @@ if triton is not None:
                     gy = tl.load(gy_rows + pos * sg_l, mask=mask_d, other=0.0).to(tl.float32)
                     dt = tl.where(mask_d, _softplus(x, APPROX), 0.0)
                     lam = c[:, None] * gy[None, :] + rho
-                    bu = b[:, None] * u[None, :]
-                    decayed_prev = h - dt[None, :] * bu  # exp(dt A) h_{t-1}, from h_t: no second state load
-                    ddt = tl.sum(lam * (a_nat * decayed_prev + bu), axis=0)
+                    dtu = dt * u
+                    # lam * exp(dt A) h_{t-1}, with exp(dt A) h_{t-1} = h_t - dt B u: no second state to load
+                    lam_prev = lam * (h - b[:, None] * dtu[None, :])
+                    lam_b = tl.sum(lam * b[:, None], axis=0)
+                    ddt = tl.sum(lam_prev * a_nat, axis=0) + u * lam_b
                     dx = tl.where(x <= 20.0, ddt / (1.0 + tl.exp2(-x * 1.4426950408889634)), ddt)
-                    da += lam * dt[None, :] * decayed_prev
+                    da += lam_prev * dt[None, :]
                     dd += gy * u
                     dbias += dx
-                    du = dskip * gy + dt * tl.sum(lam * b[:, None], axis=0)
+                    du = dskip * gy + dt * lam_b
                     tl.store(ddt_rows + pos * sddt_l, dx.to(ddt_ptr.dtype.element_ty), mask=mask_d)
                     if ACCUMULATE:  # a reversed direction and its forward twin share u
                         tl.atomic_add(du_rows + pos * sdu_l, du, mask=mask_d, sem="relaxed")
                     else:
                         tl.store(du_rows + pos * sdu_l, du, mask=mask_d)
-                    tl.atomic_add(db_ptr + dbc_col + pos * N, tl.sum(lam * (dt * u)[None, :], axis=1), sem="relaxed")
+                    tl.atomic_add(db_ptr + dbc_col + pos * N, tl.sum(lam * dtu[None, :], axis=1), sem="relaxed")
                     tl.atomic_add(dc_ptr + dbc_col + pos * N, tl.sum(h * gy[None, :], axis=1), sem="relaxed")
                     rho = tl.exp2(dt[None, :] * a) * lam
                 tl.debug_barrier()
@@ -238,11 +240,11 @@ def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) 
     """(BLOCK_D, segment length, chunk, programs) for the backward.
 
     Chosen from the kernels' SASS for sm_90, not yet from timings (``bench/bench_gpu_scan_train.py --sweep``):
-    at d_state 16, 16 channels a warp (two lanes a channel, 8 states each: 128 registers, 16 warps a multiprocessor;
-    32 channels take 254 registers); at d_state 4, 64 (two channels a lane, fewer shuffles a channel for dB and dC,
-    128 registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds
-    the scratch (the chunk-start states of a segment) to some 50 KB a program; 16 programs a multiprocessor."""
-    block_d = 16 if d_state >= 16 else 64 if d_state <= 4 else 32
+    32 channels a warp at d_state 16 (164 registers; 16 channels, two lanes each, take 128 registers but 22 % more
+    instructions a channel), 64 at d_state 4 (two channels a lane: fewer shuffles a channel for dB and dC, 128
+    registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds the
+    scratch (a segment's chunk-start states) to some 50 KB a program; 16 programs a multiprocessor."""
+    block_d = 64 if d_state <= 4 else 32
     chunk = max(4, min(64, 256 // d_state))
     segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d)
     seg_len = math.ceil(min(512, math.ceil(seq_len / segments)) / chunk) * chunk

@@ -156,6 +156,23 @@ if triton is not None:
         return h, dt_sum
 
     @triton.jit
+    def _direction_operands(a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d,
+                            offs_n, mask_d, K, D, su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n,
+                            sc_b, sc_k, sc_n):
+        """A program's constants and pointers (forward and backward kernels): A (as stored, negative), dt bias, D,
+        and u, dt rows and B, C columns of its (batch, direction, channel block), to be offset by a position.
+        A is (N, BLOCK_D): channels across the threads, a channel's N states inside one thread (in-thread sums); it
+        arrives transposed, (N, K*D), so its loads are contiguous along channels and keep that layout."""
+        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
+        dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
+        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
+        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
+        c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
+        return a, bias, dskip, u_rows, dt_rows, b_col, c_col
+
+    @triton.jit
     def _summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N: tl.constexpr):
         """Segment j's summary (end state from zero, summed dt), masked to nothing (an identity fold) if j >= seg."""
         mask_j = mask_d & ((offs_d * 0 + j) < seg)
@@ -221,16 +238,10 @@ if triton is not None:
         offs_n = tl.arange(0, N)
         mask_d = offs_d < D
         channel = k * D + offs_d
-        # (N, BLOCK_D) tiles: channels across the threads, a channel's N states inside one thread (in-thread sums)
-        # A arrives transposed, (N, K*D): loads contiguous along channels keep Triton's layout channel-major
-        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        a, bias, dskip, u_rows, dt_rows, b_col, c_col = _direction_operands(
+            a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d, offs_n, mask_d, K, D,
+            su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n, sc_b, sc_k, sc_n)
         a = a * 1.4426950408889634  # log2(e): exp(dt A) = exp2(dt A log2 e), one MUFU op, as mamba-ssm
-        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
-        dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
-        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
-        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
-        b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
-        c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
         y_rows = y_ptr + batch * sy_b + g * sy_g + offs_d * sy_d
         first_seg = pid_bk * SEGMENTS  # into the (B*K, segments, N, D) and (B*K, segments, D) summaries
 

@@ -38,7 +38,7 @@ from .triton_scan import triton
 if triton is not None:
     import triton.language as tl
 
-    from .triton_scan import _softplus
+    from .triton_scan import _direction_operands, _softplus
 
     @triton.jit
     def _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN: tl.constexpr):
@@ -80,13 +80,10 @@ if triton is not None:
         seg = tl.program_id(2)
         batch, k, g, reverse, column, offs_d, offs_n, mask_d, channel = _setup(pid_bk, tl.program_id(1), K, D, G, N,
                                                                                BLOCK_D)
-        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        a, bias, _, u_rows, dt_rows, b_col, c_col = _direction_operands(
+            a_ptr, bias_ptr, bias_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d, offs_n, mask_d, K, D,
+            su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n, sc_b, sc_k, sc_n)
         a = a * 1.4426950408889634
-        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
-        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
-        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
-        b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
-        c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
         gy_rows = gy_ptr + batch * sg_b + g * sg_g + offs_d * sg_d
         t_start = seg * SEG
         t_end = tl.minimum(t_start + SEG, L)
@@ -160,14 +157,10 @@ if triton is not None:
             pid_bk = w // (SEGMENTS * D_BLOCKS)
             batch, k, g, reverse, column, offs_d, offs_n, mask_d, channel = _setup(pid_bk, d_block, K, D, G, N,
                                                                                    BLOCK_D)
-            a_nat = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+            a_nat, bias, dskip, u_rows, dt_rows, b_col, c_col = _direction_operands(
+                a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d, offs_n, mask_d,
+                K, D, su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n, sc_b, sc_k, sc_n)
             a = a_nat * 1.4426950408889634
-            bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
-            dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
-            u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
-            dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
-            b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
-            c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
             gy_rows = gy_ptr + batch * sg_b + g * sg_g + offs_d * sg_d
             du_rows = du_ptr + batch * sdu_b + g * sdu_g + offs_d * sdu_d
             ddt_rows = ddt_ptr + batch * sddt_b + k * sddt_k + offs_d * sddt_d

@@ -23,7 +23,7 @@ Three kernels, each parallel over (batch, direction), blocks of BLOCK_D channels
    recurrence cannot give stably (it would divide by exp(dt A)); so the segment's states are recomputed forwards
    once, keeping the state at each chunk start, and each chunk's states are recomputed again into a scratch buffer
    that the reverse pass reads. Its programs are persistent (a fixed number, each looping over work), so the
-   scratch is a few KB per program rather than every state of the sequence.
+   scratch is tens of KB per program rather than every state of the sequence.
 dB, dC (and du where a reversed direction shares u with its forward twin) are summed with float32 atomics.
 """
 from __future__ import annotations
@@ -51,6 +51,8 @@ if triton is not None:
 
     @triton.jit
     def _setup(pid_bk, d_block, K, D, G: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr):
+        """A program's batch, direction k, base sequence g, whether k is reversed, whether g is the column order,
+        its channels, states, channel mask and channels' indices over all directions."""
         batch = pid_bk // K
         k = pid_bk % K
         g = k % G

@@ -403,6 +403,12 @@ def test_compile_gives_way_to_activation_checkpointing(syn, tmp_path):
     assert any("activation checkpointing (high-res): 4 blocks" in m for m in msgs)  # micro: one block of each kind
 
 
+def test_triton_scans_on_the_cpu_say_they_do_not_apply(syn, tmp_path):
+    msgs = []
+    Trainer(_cfg(syn, tmp_path / "run", triton_scans=True, max_steps=1), log=msgs.append).setup()
+    assert any("--triton-scans applies on a GPU only" in m for m in msgs)
+
+
 def test_activation_checkpointing_trains_the_same_weights(syn, tmp_path):
     kw = dict(max_steps=2, eval_split=None, seed=5)
     Trainer(_cfg(syn, tmp_path / "plain", **kw), log=_quiet).run()

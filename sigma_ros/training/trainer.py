@@ -284,6 +284,8 @@ class Trainer:
                            broadcast_buffers=False, gradient_as_bucket_view=True)
         else:
             self.ddp = model
+        if cfg.triton_scans and self.device.type != "cuda":
+            self.log("note: --triton-scans applies on a GPU only; on the CPU the scans keep the numba backend")
         self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         if self.compiled and cfg.checkpointing:
             # Measured on the GPU: with the checkpoints traced into the graph the loss was NaN (an H200 and an H100;

@@ -177,7 +177,6 @@ def main() -> int:
     for key, call in inputs.items():
         shape, k, n, bidirectional, map_height = key
         gy = torch.randn(shape, device=dev)
-        row_start = time.time()
         m_fwd, m_both, m_grads = mamba_path(call, gy)
         t_fwd, t_both, t_bwd = triton_path(call, gy)
         row = dict(shape=shape, directions=k, d_state=n, map_height=map_height, count=counts[key],

@@ -38,7 +38,7 @@ from .triton_scan import triton
 if triton is not None:
     import triton.language as tl
 
-    from .triton_scan import _direction_operands, _softplus
+    from .triton_scan import _advance_group, _direction_operands, _group_inputs, _softplus, _step
 
     @triton.jit
     def _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN: tl.constexpr):
@@ -62,12 +62,38 @@ if triton is not None:
         return batch, k, g, k >= G, g == 1, offs_d, offs_n, mask_d, k * D + offs_d
 
     @triton.jit
-    def _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX: tl.constexpr):
-        """h_t from h_{t-1} (a = A log2 e); also returns dt_t."""
-        u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
-        dt = _softplus(tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32) + bias, APPROX)
-        b = tl.load(b_col + pos * sb_l).to(tl.float32)
-        return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
+    def _advance_states(h, a, bias, group, t, t0, out, tile, CHUNK, APPROX: tl.constexpr, EVERY_STEP: tl.constexpr,
+                        N: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr):
+        """STEPS steps from t of a recomputation from t0: EVERY_STEP stores each new state at out[t - t0], else the
+        state entering every CHUNK-th step at out[(t - t0) // CHUNK]."""
+        for i in tl.static_range(STEPS):
+            pos, valid, u, dt, b, c = group[i]
+            if not EVERY_STEP:
+                first = valid & ((valid.to(tl.int32) * 0 + (t + i - t0) % CHUNK) == 0)  # per element (interpreter)
+                tl.store(out + ((t + i - t0) // CHUNK) * N * BLOCK_D + tile, h, mask=first[None, :] & (tile >= 0))
+            h, dt = _step(h, a, bias, u, dt, b, valid, APPROX)
+            if EVERY_STEP:
+                tl.store(out + (t + i - t0) * N * BLOCK_D + tile, h, mask=valid[None, :] & (tile >= 0))
+        return h
+
+    @triton.jit
+    def _recompute(h, a, bias, u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t0, t1, L, reverse, column,
+                   H, W, inv_h, offs_d, mask_d, out, tile, CHUNK, COLUMN_TWIN: tl.constexpr, APPROX: tl.constexpr,
+                   EVERY_STEP: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr):
+        """The states of steps t0 .. t1-1 from h = h_{t0-1}, stored as ``_advance_states`` says; returns h_{t1-1}.
+        Software-pipelined as the forward kernel: the next group of steps' loads are issued before the current
+        group's arithmetic."""
+        even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t0, t1, L, reverse, column, H, W,
+                             inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+        for t in range(t0, t1, 2 * STEPS):
+            odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t1, L, reverse,
+                                column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+            h = _advance_states(h, a, bias, even, t, t0, out, tile, CHUNK, APPROX, EVERY_STEP, N, BLOCK_D, STEPS)
+            even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t1, L,
+                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+            h = _advance_states(h, a, bias, odd, t + STEPS, t0, out, tile, CHUNK, APPROX, EVERY_STEP, N, BLOCK_D,
+                                STEPS)
+        return h
 
     @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr"])
     def _summaries_kernel(
@@ -76,6 +102,7 @@ if triton is not None:
         su_b, su_g, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l, sb_b, sb_k, sb_n, sb_l, sc_b, sc_k, sc_n, sc_l,
         sg_b, sg_g, sg_d, sg_l,
         G: tl.constexpr, N: tl.constexpr, COLUMN_TWIN: tl.constexpr, APPROX: tl.constexpr, BLOCK_D: tl.constexpr,
+        STEPS: tl.constexpr,
     ):
         """Segment summaries from zero: end state (hz), carry at the start (rz), summed dt (sz)."""
         pid_bk = tl.program_id(0)
@@ -92,10 +119,15 @@ if triton is not None:
 
         h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
         dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
-        for t in range(t_start, t_end):
-            pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
-            h, dt = _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX)
-            dt_sum += dt
+        even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
+                             column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+        for t in range(t_start, t_end, 2 * STEPS):  # the forward kernel's first pass, as it pipelines it
+            odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
+                                reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+            h, dt_sum = _advance_group(h, dt_sum, a, bias, bias, u_rows, 0, mask_d, even, False, False, APPROX, STEPS)
+            even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
+                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+            h, dt_sum = _advance_group(h, dt_sum, a, bias, bias, u_rows, 0, mask_d, odd, False, False, APPROX, STEPS)
         rho = tl.zeros([N, BLOCK_D], dtype=tl.float32)
         for i in range(0, t_end - t_start):
             pos = _position(t_end - 1 - i, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
@@ -143,7 +175,7 @@ if triton is not None:
         su_b, su_g, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l, sb_b, sb_k, sb_n, sb_l, sc_b, sc_k, sc_n, sc_l,
         sg_b, sg_g, sg_d, sg_l, sdu_b, sdu_g, sdu_d, sdu_l, sddt_b, sddt_k, sddt_d, sddt_l,
         G: tl.constexpr, N: tl.constexpr, COLUMN_TWIN: tl.constexpr, APPROX: tl.constexpr, ACCUMULATE: tl.constexpr,
-        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr,
+        BLOCK_D: tl.constexpr, CHUNK: tl.constexpr, CHUNKS: tl.constexpr, STEPS: tl.constexpr,
     ):
         """Persistent: each program takes work items (batch x direction, channel block, segment) in turn.
         Its scratch: CHUNKS chunk-start states, then CHUNK states of the chunk being reversed, each (N, BLOCK_D).
@@ -173,11 +205,9 @@ if triton is not None:
 
             # Forwards through the segment, keeping each chunk's entering state.
             h = tl.load(hz_ptr + at, mask=mask_d[None, :], other=0.0)
-            for t0 in range(t_start, t_end, CHUNK):
-                tl.store(starts + ((t0 - t_start) // CHUNK) * N * BLOCK_D + tile, h)
-                for t in range(t0, tl.minimum(t0 + CHUNK, t_end)):
-                    pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
-                    h, dt = _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX)
+            h = _recompute(h, a, bias, u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L,
+                           reverse, column, H, W, inv_h, offs_d, mask_d, starts, tile, CHUNK, COLUMN_TWIN, APPROX,
+                           False, N, BLOCK_D, STEPS)
             tl.debug_barrier()
 
             # Backwards, chunk by chunk: recompute the chunk's states, then run the adjoint over them.
@@ -190,10 +220,9 @@ if triton is not None:
                 t0 = t_start + (n_chunks - 1 - j) * CHUNK
                 t1 = tl.minimum(t0 + CHUNK, t_end)
                 h = tl.load(starts + (n_chunks - 1 - j) * N * BLOCK_D + tile)
-                for t in range(t0, t1):
-                    pos = _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
-                    h, dt = _forward_step(h, a, bias, u_rows, dt_rows, b_col, su_l, sdt_l, sb_l, pos, mask_d, APPROX)
-                    tl.store(states + (t - t0) * N * BLOCK_D + tile, h)
+                h = _recompute(h, a, bias, u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t0, t1, L, reverse,
+                               column, H, W, inv_h, offs_d, mask_d, states, tile, CHUNK, COLUMN_TWIN, APPROX, True, N,
+                               BLOCK_D, STEPS)
                 tl.debug_barrier()
                 for i in range(0, t1 - t0):
                     t = t1 - 1 - i
@@ -235,7 +264,7 @@ def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) 
     """(BLOCK_D, segment length, chunk, programs) for the backward.
 
     Chosen from the kernels' SASS for sm_90, not yet from timings (``bench/bench_gpu_scan_train.py --sweep``):
-    32 channels a warp at d_state 16 (164 registers; 16 channels, two lanes each, take 128 registers but 22 % more
+    32 channels a warp at d_state 16 (168 registers; 16 channels, two lanes each, take 128 registers but 22 % more
     instructions a channel), 64 at d_state 4 (two channels a lane: fewer shuffles a channel for dB and dC, 128
     registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds the
     scratch (a segment's chunk-start states) to some 50 KB a program; 16 programs a multiprocessor."""
@@ -262,6 +291,7 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     dev = u.device
     A_t = A.float().t().contiguous()  # (N, K*D), as the forward reads it
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
+    steps = 2  # recomputation steps in flight (4 would exceed 160 registers at both state sizes; SASS, sm_90)
     hz = torch.empty((batch * k_dirs, segments, d_state, dim), device=dev, dtype=torch.float32)
     rz = torch.empty_like(hz)
     sz = torch.empty((batch * k_dirs, segments, dim), device=dev, dtype=torch.float32)
@@ -270,7 +300,7 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     meta = dict(G=groups, N=d_state, COLUMN_TWIN=bool(map_height), APPROX=u.dtype != torch.float32,
                 BLOCK_D=block_d)
     _summaries_kernel[(batch * k_dirs, d_blocks, segments)](u, delta, A_t, B, C, delta_bias, gy, hz, rz, sz,
-                                                           *common, *strides, num_warps=1, **meta)
+                                                           *common, *strides, STEPS=steps, num_warps=1, **meta)
     _fold_kernel[(batch * k_dirs, d_blocks)](A_t, hz, rz, sz, dim, k_dirs, segments, N=d_state, BLOCK_D=block_d,
                                              num_warps=1)
 
@@ -287,7 +317,7 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     _gradients_kernel[(programs,)](
         u, delta, A_t, B, C, D, delta_bias, gy, hz, rz, scratch, du, ddelta, dA_t, dB, dC, dD, dbias,
         *common, work, d_blocks, *strides, *du.stride(), *ddelta.stride(),
-        ACCUMULATE=bidirectional, CHUNK=chunk, CHUNKS=chunks, num_warps=1, **meta)
+        ACCUMULATE=bidirectional, CHUNK=chunk, CHUNKS=chunks, STEPS=steps, num_warps=1, **meta)
     dB, dC = (t.transpose(-1, -2).to(B.dtype) for t in (dB, dC))
     return du.to(u.dtype), ddelta, dA_t.t().to(A.dtype), dB, dC, dD, dbias
 

@@ -266,8 +266,9 @@ def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) 
     Chosen from the kernels' SASS for sm_90, not yet from timings (``bench/bench_gpu_scan_train.py --sweep``):
     32 channels a warp at d_state 16 (168 registers; 16 channels, two lanes each, take 128 registers but 22 % more
     instructions a channel), 64 at d_state 4 (two channels a lane: fewer shuffles a channel for dB and dC, 128
-    registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds the
-    scratch (a segment's chunk-start states) to some 50 KB a program; 16 programs a multiprocessor."""
+    registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds a
+    program's scratch (a segment's chunk-start states and a chunk's states) to about 100 KB at d_state 16: some 200
+    MB for 16 programs a multiprocessor on an H100, for the duration of the call."""
     block_d = 64 if d_state <= 4 else 32
     chunk = max(4, min(64, 256 // d_state))
     segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d)

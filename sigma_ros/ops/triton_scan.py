@@ -79,6 +79,16 @@ if triton is not None:
                                              is_pure=True, pack=1)
 
     @triton.jit
+    def _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN: tl.constexpr):
+        """The base-order position of scan step t: from the end for a reversed direction; for a column-order step of
+        an (H, W) map (``column``), the row-major position of its pixel."""
+        pos = tl.where(reverse, L - 1 - t, t)
+        if COLUMN_TWIN:  # column pos // H in float32 (exact below 2^22 positions): integer division costs ~25 ops
+            col = ((pos.to(tl.float32) + 0.5) * inv_h).to(tl.int32)
+            pos = tl.where(column, (pos - col * H) * W + col, pos)
+        return pos
+
+    @triton.jit
     def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W, inv_h,
                      offs_d, mask_d, COLUMN_TWIN: tl.constexpr):
         """Loads of one step (none depend on the state, so a group of steps can be in flight together).
@@ -87,11 +97,7 @@ if triton is not None:
         per-element masks, so B and C load as whole vectors. A column-order step of an (H, W) map (``column``)
         reads, and later writes, the row-major position of its pixel."""
         valid = (offs_d * 0 + t) < t_end  # per element: Triton's interpreter (the tests) rejects a scalar mask
-        t = tl.minimum(t, L - 1)
-        pos = tl.where(reverse, L - 1 - t, t)
-        if COLUMN_TWIN:  # column pos // H in float32 (exact below 2^22 positions): integer division costs ~25 ops
-            col = ((pos.to(tl.float32) + 0.5) * inv_h).to(tl.int32)
-            pos = tl.where(column, (pos - col * H) * W + col, pos)
+        pos = _position(tl.minimum(t, L - 1), L, reverse, column, H, W, inv_h, COLUMN_TWIN)
         u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
         dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32)
         b = tl.load(b_col + pos * sb_l).to(tl.float32)

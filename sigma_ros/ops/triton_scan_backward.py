@@ -12,10 +12,11 @@ From lam_t and the states h_{t-1}, h_t:
     ddt_t = <lam_t, A exp(dt_t A) h_{t-1} + B_t u_t>                  dA += lam_t dt_t exp(dt_t A) h_{t-1}
 (dB and dC sum over a direction's channels, since B and C are shared by them.)
 
-Three kernels, each parallel over (batch, direction), blocks of BLOCK_D channels and segments of the sequence:
+Three stages, each parallel over (batch, direction), blocks of BLOCK_D channels and segments of the sequence:
 
-1. ``_summaries``: per segment, the end state from a zero start, the carry rho at its start from a zero carry at its
-   end, and its summed dt.
+1. summaries per segment: the end state from a zero start and the summed dt (the forward kernel's first pass,
+   ``triton_scan._scan_directions_kernel``), and the carry rho at its start from a zero carry at its end
+   (``_adjoint_summaries``).
 2. ``_fold``: per (batch, direction, channel block), walks the segments once forwards and once backwards and turns
    those summaries into each segment's true entering state and carry (exp(A sum dt) carries a value across a
    segment).
@@ -38,16 +39,7 @@ from .triton_scan import triton
 if triton is not None:
     import triton.language as tl
 
-    from .triton_scan import _advance_group, _direction_operands, _group_inputs, _softplus, _step
-
-    @triton.jit
-    def _position(t, L, reverse, column, H, W, inv_h, COLUMN_TWIN: tl.constexpr):
-        """The base-order position of scan step t (see ``triton_scan._step_inputs``)."""
-        pos = tl.where(reverse, L - 1 - t, t)
-        if COLUMN_TWIN:
-            col = ((pos.to(tl.float32) + 0.5) * inv_h).to(tl.int32)
-            pos = tl.where(column, (pos - col * H) * W + col, pos)
-        return pos
+    from .triton_scan import _direction_operands, _group_inputs, _position, _softplus, _step
 
     @triton.jit
     def _setup(pid_bk, d_block, K, D, G: tl.constexpr, N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -95,39 +87,26 @@ if triton is not None:
                                 STEPS)
         return h
 
-    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr"])
-    def _summaries_kernel(
-        u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, bias_ptr, gy_ptr, hz_ptr, rz_ptr, sz_ptr,
-        L, D, K, SEG, SEGMENTS, H, W, inv_h,
-        su_b, su_g, su_d, su_l, sdt_b, sdt_k, sdt_d, sdt_l, sb_b, sb_k, sb_n, sb_l, sc_b, sc_k, sc_n, sc_l,
-        sg_b, sg_g, sg_d, sg_l,
+    @triton.jit(do_not_specialize=["a_ptr", "rz_ptr"])
+    def _adjoint_summaries_kernel(
+        dt_ptr, a_ptr, c_ptr, bias_ptr, gy_ptr, rz_ptr, L, D, K, SEG, SEGMENTS, H, W, inv_h,
+        sdt_b, sdt_k, sdt_d, sdt_l, sc_b, sc_k, sc_n, sc_l, sg_b, sg_g, sg_d, sg_l,
         G: tl.constexpr, N: tl.constexpr, COLUMN_TWIN: tl.constexpr, APPROX: tl.constexpr, BLOCK_D: tl.constexpr,
-        STEPS: tl.constexpr,
     ):
-        """Segment summaries from zero: end state (hz), carry at the start (rz), summed dt (sz)."""
+        """Per segment, the adjoint carry at its start from a zero carry at its end (rz). (The states' summaries
+        come from the forward kernel's first pass.)"""
         pid_bk = tl.program_id(0)
         seg = tl.program_id(2)
         batch, k, g, reverse, column, offs_d, offs_n, mask_d, channel = _setup(pid_bk, tl.program_id(1), K, D, G, N,
                                                                                BLOCK_D)
-        a, bias, _, u_rows, dt_rows, b_col, c_col = _direction_operands(
-            a_ptr, bias_ptr, bias_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d, offs_n, mask_d, K, D,
-            su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n, sc_b, sc_k, sc_n)
+        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
         a = a * 1.4426950408889634
+        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
+        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
         gy_rows = gy_ptr + batch * sg_b + g * sg_g + offs_d * sg_d
         t_start = seg * SEG
         t_end = tl.minimum(t_start + SEG, L)
-
-        h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
-        dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
-        even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
-                             column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
-        for t in range(t_start, t_end, 2 * STEPS):  # the forward kernel's first pass, as it pipelines it
-            odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
-                                reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
-            h, dt_sum = _advance_group(h, dt_sum, a, bias, bias, u_rows, 0, mask_d, even, False, False, APPROX, STEPS)
-            even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
-                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
-            h, dt_sum = _advance_group(h, dt_sum, a, bias, bias, u_rows, 0, mask_d, odd, False, False, APPROX, STEPS)
         rho = tl.zeros([N, BLOCK_D], dtype=tl.float32)
         for i in range(0, t_end - t_start):
             pos = _position(t_end - 1 - i, L, reverse, column, H, W, inv_h, COLUMN_TWIN)
@@ -135,10 +114,8 @@ if triton is not None:
             c = tl.load(c_col + pos * sc_l).to(tl.float32)
             gy = tl.load(gy_rows + pos * sg_l, mask=mask_d, other=0.0).to(tl.float32)
             rho = tl.exp2(dt[None, :] * a) * (c[:, None] * gy[None, :] + rho)
-        at = ((pid_bk * SEGMENTS + seg) * N + offs_n[:, None]) * D + offs_d[None, :]
-        tl.store(hz_ptr + at, h, mask=mask_d[None, :])
-        tl.store(rz_ptr + at, rho, mask=mask_d[None, :])
-        tl.store(sz_ptr + (pid_bk * SEGMENTS + seg) * D + offs_d, dt_sum, mask=mask_d)
+        tl.store(rz_ptr + ((pid_bk * SEGMENTS + seg) * N + offs_n[:, None]) * D + offs_d[None, :], rho,
+                 mask=mask_d[None, :])
 
     @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr"])
     def _fold_kernel(a_ptr, hz_ptr, rz_ptr, sz_ptr, D, K, SEGMENTS, N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -300,8 +277,13 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     strides = (*u.stride(), *delta.stride(), *B.stride(), *C.stride(), *gy.stride())
     meta = dict(G=groups, N=d_state, COLUMN_TWIN=bool(map_height), APPROX=u.dtype != torch.float32,
                 BLOCK_D=block_d)
-    _summaries_kernel[(batch * k_dirs, d_blocks, segments)](u, delta, A_t, B, C, delta_bias, gy, hz, rz, sz,
-                                                           *common, *strides, STEPS=steps, num_warps=1, **meta)
+    grid = (batch * k_dirs, d_blocks, segments)
+    # The states' summaries (end state from zero, summed dt) are the forward kernel's first pass.
+    triton_scan._scan_directions_kernel[grid](
+        u, delta, A_t, B, C, D, delta_bias, hz, hz, sz, *common, *u.stride(), *delta.stride(), *B.stride(),
+        *C.stride(), *gy.stride(), OUTPUT=False, ACCUMULATE=False, STEPS=steps, FOLD=1, num_warps=1, **meta)
+    _adjoint_summaries_kernel[grid](delta, A_t, C, delta_bias, gy, rz, *common, *delta.stride(), *C.stride(),
+                                    *gy.stride(), num_warps=1, **meta)
     _fold_kernel[(batch * k_dirs, d_blocks)](A_t, hz, rz, sz, dim, k_dirs, segments, N=d_state, BLOCK_D=block_d,
                                              num_warps=1)
 

@@ -2,6 +2,7 @@
 times exactly what the trainer runs)."""
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager, nullcontext
 from typing import Iterable
 
@@ -26,6 +27,11 @@ def _scan_switches(low: bool, triton: bool):
 
     with low_precision_scan_inputs(low), triton_training_scans(triton):
         yield
+
+
+def _with_scan_switches(switches: tuple[bool, bool], fn, *args):
+    with _scan_switches(*switches):
+        return fn(*args)
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches: Iterable,
@@ -121,19 +127,14 @@ def enable_activation_checkpointing(model: nn.Module, which: str = "all", block_
         def part(*args):
             if not torch.is_grad_enabled():
                 return fn(*args)
-            if torch.compiler.is_compiling():
-                # Traced into the graph: the recomputation replays the traced ops, switches included. (A context
-                # manager that flips a module switch inside the checkpoint would make dynamo break the graph at
-                # every block and compile each one apart.)
-                return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
-            # The recomputation runs outside this call's context managers: carry the scan switches over
-            # (autocast state is carried by checkpoint itself).
-            switches = sigma_module._scan_low_precision_inputs, sigma_module._training_scans
-
-            def run(*a):
-                with _scan_switches(*switches):
-                    return fn(*a)
-
+            run = fn
+            if not torch.compiler.is_compiling():
+                # Eagerly, the recomputation runs outside this call's context managers: carry the scan switches
+                # over (autocast state is carried by checkpoint itself). Traced, it replays the traced ops, switches
+                # included; and a context manager that flips a module switch inside the checkpoint would make dynamo
+                # break the graph at every block and compile each one apart.
+                switches = sigma_module._scan_low_precision_inputs, sigma_module._training_scans
+                run = functools.partial(_with_scan_switches, switches, fn)
             return checkpoint(run, *args, use_reentrant=False, preserve_rng_state=False)
 
         return part

@@ -240,18 +240,22 @@ if triton is not None:
 def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
     """(BLOCK_D, segment length, chunk, programs) for the backward.
 
-    Chosen from the kernels' SASS for sm_90, not yet from timings (``bench/bench_gpu_scan_train.py --sweep``):
-    32 channels a warp at d_state 16 (168 registers; 16 channels, two lanes each, take 128 registers but 22 % more
-    instructions a channel), 64 at d_state 4 (two channels a lane: fewer shuffles a channel for dB and dC, 128
-    registers). Chunks of 256 / d_state steps; segments as the forward's but at most 512 steps, which bounds a
-    program's scratch (a segment's chunk-start states and a chunk's states) to about 100 KB at d_state 16: some 200
-    MB for 16 programs a multiprocessor on an H100, for the duration of the call."""
-    block_d = 64 if d_state <= 4 else 32
-    chunk = max(4, min(64, 256 // d_state))
-    segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d)
-    seg_len = math.ceil(min(512, math.ceil(seq_len / segments)) / chunk) * chunk
+    d_state >= 8: the best of ``bench/bench_gpu_scan_train.py --sweep`` on an H100 for each of Sigma-T's four
+    encoder shapes at batch 8 (bench/RESULTS.md, eighth session): 32 channels a warp, chunks of 128 / d_state steps,
+    segments for about 48 warps a multiprocessor, 8 programs a multiprocessor; 8 to 13 % faster than the SASS-based
+    choice before it. The scratch (a segment's chunk-start states and a chunk's states, per program) is then about
+    320 MB on an H100 for the first stage's shape, for the duration of the call.
+    d_state 4 (not swept yet): 64 channels a warp (two a lane: fewer shuffles a channel for dB and dC; 138
+    registers in the SASS), chunks of 64 steps, segments as the forward's but at most 512 steps, 16 programs a
+    multiprocessor."""
     sms = triton_scan._multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 4
-    return block_d, seg_len, chunk, 16 * sms
+    if d_state >= 8:
+        block_d, chunk, warps_per_sm, per_sm, longest = 32, max(4, 128 // d_state), 48, 8, seq_len
+    else:
+        block_d, chunk, warps_per_sm, per_sm, longest = 64, 64, 24, 16, 512
+    segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d, warps_per_sm)
+    seg_len = math.ceil(min(longest, math.ceil(seq_len / segments)) / chunk) * chunk
+    return block_d, seg_len, chunk, per_sm * sms
 
 
 def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,

@@ -405,8 +405,10 @@ def test_compile_gives_way_to_activation_checkpointing(syn, tmp_path):
 
 def test_triton_scans_on_the_cpu_say_they_do_not_apply(syn, tmp_path):
     msgs = []
-    Trainer(_cfg(syn, tmp_path / "run", triton_scans=True, max_steps=1), log=msgs.append).setup()
+    trainer = Trainer(_cfg(syn, tmp_path / "run", triton_scans=True, scan_bf16=None, max_steps=1), log=msgs.append)
+    trainer.setup()
     assert any("--triton-scans applies on a GPU only" in m for m in msgs)
+    assert not trainer.triton_scans and not trainer.scan_bf16  # the GPU defaults resolve off on the CPU
 
 
 def test_activation_checkpointing_trains_the_same_weights(syn, tmp_path):

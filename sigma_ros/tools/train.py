@@ -41,10 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-max-images", type=int, default=None, help="evaluate on the first N images only")
     p.add_argument("--save-every", type=int, default=None,
                    help="steps between resume-state saves (state.pt, last.pt) [min(eval-every, 500)]")
-    p.add_argument("--scan-bf16", action="store_true", default=None,
-                   help="under bf16 autocast, feed the selective scans bf16 inputs (fp32 state; faster on GPU)")
+    p.add_argument("--scan-bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="under bf16 autocast, feed the selective scans bf16 inputs (fp32 state; faster, less "
+                        "memory) [on for CUDA]")
     p.add_argument("--triton-scans", action=argparse.BooleanOptionalAction, default=None,
-                   help="GPU: the fused Triton scan and its backward instead of mamba-ssm's kernels [off]")
+                   help="GPU: the fused Triton scan and its backward instead of mamba-ssm's kernels [on for CUDA]")
     p.add_argument("--activation-checkpointing", nargs="?", const="all", choices=["all", "high-res", "none"],
                    default=None,
                    help="recompute block activations in backward: 'all' blocks (the default when given without a "

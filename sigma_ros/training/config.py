@@ -51,10 +51,11 @@ class TrainConfig:
     amp: bool | None = None  # bf16 autocast; default on for CUDA, off on CPU
     amp_dtype: str = "bf16"  # bf16 | fp16 (fp16 uses a GradScaler)
     tf32: bool = True  # TF32 matmuls/convs on Ampere+ (fp32 runs only)
-    scan_bf16: bool = False  # under autocast, feed the selective scans bf16 inputs (state stays fp32)
+    # under autocast, feed the selective scans bf16 inputs (state stays fp32); default on for CUDA
+    scan_bf16: bool | None = None
     # GPU: the fused Triton scan and its backward (ops.triton_scan_backward) instead of mamba-ssm's kernels on
-    # flipped copies; off until its speed is measured on a GPU (bench/RESULTS.md)
-    triton_scans: bool = False
+    # flipped copies; default on for CUDA (1.52x eager, 1.31x compiled, less memory on an H100: bench/RESULTS.md)
+    triton_scans: bool | None = None
     # recompute block activations in backward: "all" blocks (far less memory, ~1 extra forward) or "high-res" ones
     # (the first stage's resolution: most of the memory for a fraction of the recomputation); true means "all"
     activation_checkpointing: bool | str = False

@@ -284,7 +284,10 @@ class Trainer:
                            broadcast_buffers=False, gradient_as_bucket_view=True)
         else:
             self.ddp = model
-        if cfg.triton_scans and self.device.type != "cuda":
+        on_gpu = self.device.type == "cuda"
+        self.scan_bf16 = cfg.scan_bf16 if cfg.scan_bf16 is not None else on_gpu
+        self.triton_scans = on_gpu and cfg.triton_scans is not False
+        if cfg.triton_scans and not on_gpu:
             self.log("note: --triton-scans applies on a GPU only; on the CPU the scans keep the numba backend")
         self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
         if self.compiled and cfg.checkpointing:
@@ -494,7 +497,8 @@ class Trainer:
                  + (f" x{self.dist.world_size} (DDP)" if self.dist.enabled else "")
                  + f", {'bf16' if self.amp_dtype == torch.bfloat16 else 'fp16'} autocast" * self.amp
                  + ", torch.compile (the first step compiles: minutes on a first run)" * self.compiled
-                 + ", Triton scans with their own backward" * (cfg.triton_scans and self.device.type == "cuda")
+                 + ", low-precision scan inputs" * (self.scan_bf16 and self.amp)
+                 + ", Triton scans with their own backward" * self.triton_scans
                  + f"\noptimising {pi['optimised_params'] / 1e6:.2f}M params"
                  + (f"; official groups leave {pi['left_out_params'] / 1e6:.2f}M params "
                     f"({pi['left_out_tensors']} tensors) untrained" if cfg.official_param_groups else " (all)")
@@ -521,8 +525,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             step_loss = train_step(self.ddp, self.optimizer, it, self.device, accum_steps=cfg.accum_steps,
                                    amp_dtype=self.amp_dtype if self.amp else None, scaler=self.scaler,
-                                   grad_clip=cfg.grad_clip, ddp=self.dist.enabled, scan_bf16=cfg.scan_bf16,
-                                   triton_scans=cfg.triton_scans,
+                                   grad_clip=cfg.grad_clip, ddp=self.dist.enabled, scan_bf16=self.scan_bf16,
+                                   triton_scans=self.triton_scans,
                                    params=self.model.parameters())
             self.scheduler.step()
             self.step += 1

@@ -1,5 +1,5 @@
-"""The scans of one training step: forward + backward through mamba-ssm on flipped copies (the trainer's default)
-against the fused Triton scan and its backward (trainer option ``triton_scans``), in one run.
+"""The scans of one training step: forward + backward through mamba-ssm on flipped copies (``--no-triton-scans``)
+against the fused Triton scan and its backward (trainer option ``triton_scans``, the GPU default), in one run.
 
     python bench/bench_gpu_scan_train.py [--variant tiny] [--size 480x640] [--batch 8] [--sweep] [--json OUT.json]
 

@@ -10,8 +10,9 @@ AdamW, CE with ignore 255, the official recipe) for several precision settings, 
 Modes:
   fp32           fp32 everywhere, TF32 off (the official code's numerics; its reference: 784 ms/step = 10.2 img/s
                  and 59 GiB peak for Sigma-T batch 8 on an H200)
-  fast           bf16 autocast + TF32 (the trainer's GPU default); every mode uses the trainer's fused AdamW
+  fast           bf16 autocast + TF32; every mode uses the trainer's fused AdamW
   fast_bf16scan  as fast, and the selective scans get bf16 inputs (fp32 state; trainer option scan_bf16)
+                 (the trainer's GPU default is fast_bf16scan_compile_tscan)
   <mode>_ckpt    any of the above with activation checkpointing of every block (trainer option
                  activation_checkpointing: all); <mode>_ckpthires of the first stage's blocks only (high-res)
   <mode>_compile any of the above with the model under torch.compile (trainer option compile); its

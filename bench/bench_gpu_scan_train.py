@@ -13,7 +13,8 @@ distinct call times, with CUDA events, forward and backward of
 
 and reports the relative difference of every gradient between the two. The totals weight each call by how often a
 step makes it. ``--sweep`` also times the backward over a grid of (BLOCK_D, segment length, chunk, programs) per
-call, to tune ``pick_backward_config``.
+call, next to the default configuration's backward, to tune ``pick_backward_config`` (``--sweep-d-state 4``: only
+the calls of that state size).
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def triton_path(args, gy, config=None):
 def sweep_configs(batch_dirs, dim, seq_len, n):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     configs = []
-    for block_d in (16, 32):
+    for block_d in ((16, 32) if n >= 8 else (16, 32, 64)):
         for chunk in ((8, 16, 32) if n >= 16 else (16, 32, 64)):
             for per_sm in (4, 8, 16):
                 for warps_per_sm in (24, 48):
@@ -145,6 +146,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--sweep", action="store_true")
     ap.add_argument("--sweep-budget-s", type=float, default=200.0)
+    ap.add_argument("--sweep-d-state", type=int, default=None, help="sweep only the calls of this state size")
     ap.add_argument("--json")
     ap.add_argument("--cpu-smoke", action="store_true",
                     help="micro model, 32x48, batch 1 on the CPU through Triton's interpreter: checks the script")
@@ -191,7 +193,8 @@ def main() -> int:
         else:
             row["grad_rel_err"] = {name: round(((g.float() - e.float()).norm() / e.float().norm()).item(), 5)
                                    for name, g, e in zip(NAMES, got, want)}
-        if args.sweep and time.time() < sweep_end:
+        if args.sweep and time.time() < sweep_end and args.sweep_d_state in (None, n):
+            row["default_bwd_ms"] = round(timed(t_bwd, max(3, args.iters // 2)), 3)  # the baseline, same run
             best = None
             for config in sweep_configs(shape[0] * k, shape[2], shape[3], n):
                 _, _, bwd = triton_path(call, gy, config)

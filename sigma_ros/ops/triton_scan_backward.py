@@ -144,7 +144,12 @@ if triton is not None:
             tl.store(rz_ptr + at, rho, mask=mask_d[None, :])
             rho = tl.exp2(dt_s[None, :] * a) * rho + r_s
 
-    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr", "scratch_ptr", "da_ptr"])
+    # Unlike the forward (triton_scan.py), the scratch's alignment is left for Triton to see: its (N, BLOCK_D) tiles
+    # then load as 4-channel vectors and the program follows that layout, 4 states x 4 channels a lane. That costs
+    # 4x the per-channel work, but dB and dC sum over channels, mostly within a lane: the reverse step takes 40
+    # shuffles instead of 160 and 431 instructions instead of 692, the recomputation loops 8 to 12 % fewer (SASS,
+    # sm_90, d_state 16; 207 registers instead of 168, still 9 warps a multiprocessor).
+    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr", "da_ptr"])
     def _gradients_kernel(
         u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, bias_ptr, gy_ptr, hz_ptr, rz_ptr, scratch_ptr,
         du_ptr, ddt_ptr, da_ptr, db_ptr, dc_ptr, dd_ptr, dbias_ptr,
@@ -243,11 +248,11 @@ def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) 
     d_state >= 8: the best of ``bench/bench_gpu_scan_train.py --sweep`` on an H100 for each of Sigma-T's four
     encoder shapes at batch 8 (bench/RESULTS.md, eighth session): 32 channels a warp, chunks of 128 / d_state steps,
     segments for about 48 warps a multiprocessor, 8 programs a multiprocessor; 8 to 13 % faster than the SASS-based
-    choice before it. The scratch (a segment's chunk-start states and a chunk's states, per program) is then about
-    320 MB on an H100 for the first stage's shape, for the duration of the call.
-    d_state 4 (not swept yet): 64 channels a warp (two a lane: fewer shuffles a channel for dB and dC; 138
-    registers in the SASS), chunks of 64 steps, segments as the forward's but at most 512 steps, 16 programs a
-    multiprocessor."""
+    choice before it (swept with one channel a lane, before the gradient kernel's layout changed). The scratch (a
+    segment's chunk-start states and a chunk's states, per program) is then about 320 MB on an H100 for the first
+    stage's shape, for the duration of the call.
+    d_state 4 (not swept yet): 64 channels a warp (fewer shuffles a channel for dB and dC), chunks of 64 steps,
+    segments as the forward's but at most 512 steps, 16 programs a multiprocessor."""
     sms = triton_scan._multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 4
     if d_state >= 8:
         block_d, chunk, warps_per_sm, per_sm, longest = 32, max(4, 128 // d_state), 48, 8, seq_len

@@ -40,14 +40,15 @@ def record_calls(model, rgb, x) -> tuple[collections.Counter, dict]:
     counts, inputs = collections.Counter(), {}
     original = triton_scan.scan_directions
 
-    def spy(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0, config=None):
+    def spy(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0, config=None,
+            summaries=False):
         key = (tuple(u.shape), delta.shape[1], A.shape[1], bidirectional, map_height)
         counts[key] += 1
         if key not in inputs:
             # the tensors themselves (kept alive here): the model's layouts, expansions and projection views
             inputs[key] = [t.detach() for t in (u, delta, A, B, C, D, delta_bias)] + [bidirectional, channels_last,
                                                                                        map_height]
-        return original(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height, config)
+        return original(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height, config, summaries)
 
     triton_scan.scan_directions = spy
     try:
@@ -109,18 +110,22 @@ def mamba_path(args, gy):
 
 
 def triton_path(args, gy, config=None):
+    """As in training: the forward keeps its segment summaries and the backward starts from them (a ``config``
+    that cuts other segments makes the backward summarise again)."""
     u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height = args
+    kept = triton_scan.scan_directions(u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height,
+                                       summaries=True)[1:]
 
     def forward():
-        return triton_scan.scan_directions(u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height)
+        return triton_scan.scan_directions(u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height,
+                                           summaries=True)
 
-    def backward():
+    def backward(summaries=kept):
         return triton_scan_backward.scan_directions_backward(gy, u, delta, A, B, C, D, bias, bidirectional,
-                                                             map_height, config=config)
+                                                             map_height, config=config, summaries=summaries)
 
     def both():
-        forward()
-        return backward()
+        return backward(forward()[1:])
 
     return forward, both, backward
 
@@ -194,11 +199,12 @@ def main() -> int:
             row["grad_rel_err"] = {name: round(((g.float() - e.float()).norm() / e.float().norm()).item(), 5)
                                    for name, g, e in zip(NAMES, got, want)}
         if args.sweep and time.time() < sweep_end and args.sweep_d_state in (None, n):
-            row["default_bwd_ms"] = round(timed(t_bwd, max(3, args.iters // 2)), 3)  # the baseline, same run
+            # the baseline, same run; here and in the sweep each backward summarises its own segments
+            row["default_bwd_ms"] = round(timed(lambda: t_bwd(None), max(3, args.iters // 2)), 3)
             best = None
             for config in sweep_configs(shape[0] * k, shape[2], shape[3], n):
                 _, _, bwd = triton_path(call, gy, config)
-                ms = timed(bwd, max(3, args.iters // 2))
+                ms = timed(lambda: bwd(None), max(3, args.iters // 2))
                 if best is None or ms < best[0]:
                     best = (ms, config)
             row["sweep_best_bwd"] = dict(ms=round(best[0], 3), config=best[1])

@@ -134,6 +134,32 @@ def test_scan_op_trains_through_autograd_and_its_fake_matches(kernel):
     torch.library.opcheck(kernel.scan_directions_op, (*leaves, True, False))
 
 
+@pytest.mark.parametrize("seq_len", [24, 140])  # one segment; three of 64 steps (cut as the backward cuts them)
+def test_training_op_hands_its_summaries_to_the_backward(kernel, backward, monkeypatch, seq_len):
+    """``scan_directions_train_op`` keeps its first pass's segment summaries for the backward, which then skips that
+    pass: the forward kernel runs twice forwards and not again backwards, with the gradients of autograd through
+    flipped copies. Its schema, fake tensors and autograd registration pass torch.library.opcheck."""
+    g = torch.Generator().manual_seed(seq_len)
+    args = _inputs(g, 1, 2, True, 5, seq_len, 4)
+    leaves = [t.detach().clone().requires_grad_(True) for t in args]
+    launches = []
+    real = kernel._scan_directions_kernel
+    monkeypatch.setattr(kernel, "_scan_directions_kernel", type("Spy", (), {
+        "__getitem__": lambda self, grid: launches.append(grid) or real[grid]})())
+    y = kernel.scan_directions_train(*leaves, True)
+    forward_launches = len(launches)
+    segments = launches[0][2]
+    gy = torch.randn_like(y)
+    y.backward(gy)
+    assert forward_launches == 2 and len(launches) == 2  # both forward passes; none in the backward
+    assert (segments > 1) == (seq_len > 64)
+    errors = _relative_errors([t.grad for t in leaves], _reference_grads(args, True, gy))
+    assert max(errors.values()) < 1e-5, errors
+    if segments == 1:  # (opcheck runs the op many times: once is enough)
+        monkeypatch.undo()
+        torch.library.opcheck(kernel.scan_directions_train_op, (*leaves, True, False))
+
+
 def test_model_trains_with_triton_scans(kernel, backward, monkeypatch):
     """``triton_training_scans`` routes a block's scans, with gradients, to the Triton kernel and its backward:
     the same loss and parameter gradients as the selective-scan backend on flipped copies."""

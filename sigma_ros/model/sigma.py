@@ -157,8 +157,8 @@ def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, chann
     if _triton_scan_trains(u, A.shape[1]):
         from ..ops import triton_scan
 
-        return triton_scan.scan_directions_op(*(_scan_input(t) for t in (u, delta)), A, _scan_input(B),
-                                              _scan_input(C), D, delta_bias, bidirectional, channels_last)
+        return triton_scan.scan_directions_train(*(_scan_input(t) for t in (u, delta)), A, _scan_input(B),
+                                                 _scan_input(C), D, delta_bias, bidirectional, channels_last)
     b, g, d, seq_len = u.shape
     k = delta.shape[1]
     if bidirectional:  # materialise the reversed directions for a one-direction kernel
@@ -275,8 +275,9 @@ class SSMParams(nn.Module):
         dts = dts.view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
         bcs = p[:, k * r:k * (r + 2 * n)].view(b, seq_len, k, 2 * n).permute(0, 2, 3, 1)  # (B, K, 2N, L) view
         u = x.transpose(1, 2)[:, None].expand(b, 2 if map_height else 1, d, seq_len)
-        y = triton_scan.scan_directions_op(u, dts, a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(),
-                                           self.dt_projs_bias.reshape(-1).float(), True, True, map_height)
+        scan = triton_scan.scan_directions_train if torch.is_grad_enabled() else triton_scan.scan_directions_op
+        y = scan(u, dts, a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), self.dt_projs_bias.reshape(-1).float(),
+                 True, True, map_height)
         return y.transpose(-1, -2)
 
     _frozen: tuple | None = None

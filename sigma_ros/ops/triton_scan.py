@@ -48,8 +48,8 @@ try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs may lack it
 except ImportError:  # pragma: no cover - exercised on machines without triton
     triton = None
 
-__all__ = ["scan_directions", "scan_directions_op", "triton_available", "runs_on", "supports", "pick_config",
-           "pick_segments"]
+__all__ = ["scan_directions", "scan_directions_op", "scan_directions_train", "triton_available", "runs_on", "supports",
+           "pick_config", "pick_segments"]
 
 def triton_available() -> bool:
     return triton is not None
@@ -308,7 +308,7 @@ def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_p
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
                     channels_last: bool = False, map_height: int = 0,
-                    config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+                    config: tuple[int, int, int, int] | None = None, summaries: bool = False):
     """See the module docstring. Inputs may have any strides. ``channels_last`` stores the result as
     (batch, G, L, dim) (returned as its (batch, G, dim, L) view), so each step's outputs are contiguous.
 
@@ -316,7 +316,11 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     and in column-major order, and everything of the second, its u, delta, B, C and its result, is indexed by the
     pixel's row-major position. So one row-major tensor serves both orders (u may be a stride-0 expansion over G)
     and both results come back in the same layout: no transposed copies.
-    ``config`` overrides (BLOCK_D, segments, num_warps, steps)."""
+    ``config`` overrides (BLOCK_D, segments, num_warps, steps).
+
+    ``summaries`` (training): return (y, h_seg, dt_seg), the first pass's summaries of every segment (end state from
+    zero, summed dt), with the sequence cut as the backward cuts it (``triton_scan_backward.pick_backward_config``),
+    so the backward starts from them instead of running that pass again."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     batch, groups, dim, seq_len = u.shape
@@ -339,8 +343,10 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
     y = _output(u, bidirectional, channels_last)
     block_d, segments, num_warps, steps = config or pick_config(batch * k_dirs, dim, seq_len, d_state)
-    segments = max(1, min(segments, seq_len))
-    seg_len = math.ceil(seq_len / segments)
+    if summaries:
+        seg_len = _backward.pick_backward_config(batch * k_dirs, dim, seq_len, d_state)[1]
+    else:
+        seg_len = math.ceil(seq_len / max(1, min(segments, seq_len)))
     segments = math.ceil(seq_len / seg_len)
     h_seg = torch.empty((batch * k_dirs, segments, d_state, dim), device=u.device, dtype=torch.float32)
     dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
@@ -355,10 +361,11 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                 FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy
                 num_warps=num_warps)
     d_blocks = math.ceil(dim / block_d)
-    if segments > 1:  # the last segment's summary is never needed
-        _scan_directions_kernel[(batch * k_dirs, d_blocks, segments - 1)](*args, OUTPUT=False, **meta)
+    summarised = segments if summaries else segments - 1  # the forward never needs the last one's; the backward does
+    if summarised:
+        _scan_directions_kernel[(batch * k_dirs, d_blocks, summarised)](*args, OUTPUT=False, **meta)
     _scan_directions_kernel[(batch * k_dirs, d_blocks, segments)](*args, OUTPUT=True, **meta)
-    return y
+    return (y, h_seg, dt_seg) if summaries else y
 
 
 def _output(u: torch.Tensor, bidirectional: bool, channels_last: bool) -> torch.Tensor:
@@ -381,6 +388,31 @@ def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
 @scan_directions_op.register_fake
 def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0):
     return _output(u, False, channels_last)
+
+
+@torch.library.custom_op("sigma_ros::scan_directions_train", mutates_args=())
+def scan_directions_train_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                             C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
+                             channels_last: bool = False, map_height: int = 0
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`scan_directions` for training: (y, h_seg, dt_seg), the segment summaries kept for the backward."""
+    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height,
+                           summaries=True)
+
+
+@scan_directions_train_op.register_fake
+def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0):
+    batch, _groups, dim, seq_len = u.shape
+    k_dirs, d_state = delta.shape[1], A.shape[1]
+    segments = math.ceil(seq_len / _backward.pick_backward_config(batch * k_dirs, dim, seq_len, d_state)[1])
+    h_seg = u.new_empty((batch * k_dirs, segments, d_state, dim), dtype=torch.float32)
+    return _output(u, False, channels_last), h_seg, u.new_empty((batch * k_dirs, segments, dim), dtype=torch.float32)
+
+
+def scan_directions_train(u, delta, A, B, C, D, delta_bias, bidirectional: bool, channels_last: bool = False,
+                          map_height: int = 0) -> torch.Tensor:
+    """The scan with gradients: y of :func:`scan_directions_train_op`, whose backward reuses its summaries."""
+    return scan_directions_train_op(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height)[0]
 
 
 from . import triton_scan_backward as _backward  # noqa: E402,F401  (registers scan_directions_op's backward)

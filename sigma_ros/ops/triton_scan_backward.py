@@ -2,7 +2,8 @@
 
 mamba-ssm's backward kernel was 214 of a compiled Sigma-T training step's 417 ms of GPU time (bench/RESULTS.md), and
 it needs every reversed direction as a flipped copy. This one reads the directions in place, as the forward does,
-and needs nothing saved by the forward but its inputs.
+and needs nothing saved by the forward but its inputs and, in training, its first pass's segment summaries
+(``triton_scan.scan_directions_train_op``).
 
 Per channel d of direction k, in scan order t (mamba-ssm semantics, dt = softplus(delta + bias)):
     h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t,        y_t = <C_t, h_t> + D u_t
@@ -15,7 +16,8 @@ From lam_t and the states h_{t-1}, h_t:
 Three stages, each parallel over (batch, direction), blocks of BLOCK_D channels and segments of the sequence:
 
 1. summaries per segment: the end state from a zero start and the summed dt (the forward kernel's first pass,
-   ``triton_scan._scan_directions_kernel``), and the carry rho at its start from a zero carry at its end
+   ``triton_scan._scan_directions_kernel``: kept from the training forward, which cuts its segments as this does,
+   else run here), and the carry rho at its start from a zero carry at its end
    (``_adjoint_summaries``).
 2. ``_fold``: per (batch, direction, channel block), walks the segments once forwards and once backwards and turns
    those summaries into each segment's true entering state and carry (exp(A sum dt) carries a value across a
@@ -266,9 +268,12 @@ def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) 
 def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                              B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
                              bidirectional: bool, map_height: int = 0,
-                             config: tuple[int, int, int, int] | None = None) -> tuple[torch.Tensor, ...]:
+                             config: tuple[int, int, int, int] | None = None,
+                             summaries: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
     """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of ``triton_scan.scan_directions`` for the output
-    gradient ``gy`` (batch, G, dim, L); each in its input's dtype and shape (du float32 where u is)."""
+    gradient ``gy`` (batch, G, dim, L); each in its input's dtype and shape (du float32 where u is).
+    ``summaries``: the forward's (h_seg, dt_seg) (``scan_directions(..., summaries=True)``); used where they are cut
+    into this call's segments, else recomputed."""
     batch, groups, dim, seq_len = u.shape
     k_dirs, d_state = delta.shape[1], A.shape[1]
     height, width = (map_height, seq_len // map_height) if map_height else (1, seq_len)
@@ -279,18 +284,20 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     A_t = A.float().t().contiguous()  # (N, K*D), as the forward reads it
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
     steps = 2  # recomputation steps in flight (4 would exceed 160 registers at both state sizes; SASS, sm_90)
-    hz = torch.empty((batch * k_dirs, segments, d_state, dim), device=dev, dtype=torch.float32)
-    rz = torch.empty_like(hz)
-    sz = torch.empty((batch * k_dirs, segments, dim), device=dev, dtype=torch.float32)
     common = (seq_len, dim, k_dirs, seg_len, segments, height, width, 1.0 / height)
     strides = (*u.stride(), *delta.stride(), *B.stride(), *C.stride(), *gy.stride())
     meta = dict(G=groups, N=d_state, COLUMN_TWIN=bool(map_height), APPROX=u.dtype != torch.float32,
                 BLOCK_D=block_d)
     grid = (batch * k_dirs, d_blocks, segments)
-    # The states' summaries (end state from zero, summed dt) are the forward kernel's first pass.
-    triton_scan._scan_directions_kernel[grid](
-        u, delta, A_t, B, C, D, delta_bias, hz, hz, sz, *common, *u.stride(), *delta.stride(), *B.stride(),
-        *C.stride(), *gy.stride(), OUTPUT=False, ACCUMULATE=False, STEPS=steps, FOLD=1, num_warps=1, **meta)
+    if summaries is not None and summaries[0].shape[1] == segments:
+        hz, sz = summaries[0].clone(), summaries[1]  # the fold below overwrites hz
+    else:  # the states' summaries (end state from zero, summed dt) are the forward kernel's first pass
+        hz = torch.empty((batch * k_dirs, segments, d_state, dim), device=dev, dtype=torch.float32)
+        sz = torch.empty((batch * k_dirs, segments, dim), device=dev, dtype=torch.float32)
+        triton_scan._scan_directions_kernel[grid](
+            u, delta, A_t, B, C, D, delta_bias, hz, hz, sz, *common, *u.stride(), *delta.stride(), *B.stride(),
+            *C.stride(), *gy.stride(), OUTPUT=False, ACCUMULATE=False, STEPS=steps, FOLD=1, num_warps=1, **meta)
+    rz = torch.empty_like(hz)
     _adjoint_summaries_kernel[grid](delta, A_t, C, delta_bias, gy, rz, *common, *delta.stride(), *C.stride(),
                                     *gy.stride(), num_warps=1, **meta)
     _fold_kernel[(batch * k_dirs, d_blocks)](A_t, hz, rz, sz, dim, k_dirs, segments, N=d_state, BLOCK_D=block_d,
@@ -320,16 +327,18 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
 @torch.library.custom_op("sigma_ros::scan_directions_backward", mutates_args=())
 def scan_directions_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                                 B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
-                                bidirectional: bool, map_height: int
+                                bidirectional: bool, map_height: int, h_seg: torch.Tensor | None = None,
+                                dt_seg: torch.Tensor | None = None
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                            torch.Tensor, torch.Tensor]:
+    summaries = (h_seg, dt_seg) if h_seg is not None and dt_seg is not None else None
     du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward(gy, u, delta, A, B, C, D, delta_bias, bidirectional,
-                                                                 map_height)
+                                                                 map_height, summaries=summaries)
     return du, ddelta, dA.contiguous(), dB, dC, dD.to(D.dtype), dbias.to(delta_bias.dtype)
 
 
 @scan_directions_backward_op.register_fake
-def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height):
+def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height, h_seg=None, dt_seg=None):
     batch, k_dirs, d_state, seq_len = B.shape
     channels_last = u.stride(-2) == 1 and u.stride(-1) != 1
     du = triton_scan._output(u, False, channels_last).to(u.dtype)
@@ -340,13 +349,16 @@ def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height):
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, delta_bias, bidirectional, _channels_last, map_height = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias)
+    summaries = output[1:] if isinstance(output, tuple) else ()  # scan_directions_train_op keeps its summaries
+    ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, *summaries)
     ctx.bidirectional, ctx.map_height = bidirectional, map_height
 
 
-def _backward(ctx, gy):
-    grads = scan_directions_backward_op(gy, *ctx.saved_tensors, ctx.bidirectional, ctx.map_height)
+def _backward(ctx, gy, *_summaries_grads):
+    inputs, summaries = ctx.saved_tensors[:7], ctx.saved_tensors[7:]
+    grads = scan_directions_backward_op(gy, *inputs, ctx.bidirectional, ctx.map_height, *summaries)
     return (*grads, None, None, None)
 
 
 triton_scan.scan_directions_op.register_autograd(_backward, setup_context=_setup_context)
+triton_scan.scan_directions_train_op.register_autograd(_backward, setup_context=_setup_context)

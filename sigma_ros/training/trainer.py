@@ -289,7 +289,7 @@ class Trainer:
         self.triton_scans = on_gpu and cfg.triton_scans is not False
         if cfg.triton_scans and not on_gpu:
             self.log("note: --triton-scans applies on a GPU only; on the CPU the scans keep the numba backend")
-        self.compiled = cfg.compile if cfg.compile is not None else self.device.type == "cuda"
+        self.compiled = cfg.compile if cfg.compile is not None else on_gpu
         if self.compiled and cfg.checkpointing:
             # Measured on the GPU: with the checkpoints traced into the graph the loss was NaN (an H200 and an H100;
             # the same graphs on the CPU match eager). Until that is solved, checkpointing (memory) wins over

@@ -110,17 +110,15 @@ def mamba_path(args, gy):
 
 
 def triton_path(args, gy, config=None):
-    """As in training: the forward keeps its segment summaries and the backward starts from them (a ``config``
-    that cuts other segments makes the backward summarise again)."""
+    """As in training, ``both`` hands the forward's segment summaries to the backward; ``backward`` alone
+    summarises its own segments (as it must for a ``config`` that cuts others)."""
     u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height = args
-    kept = triton_scan.scan_directions(u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height,
-                                       summaries=True)[1:]
 
     def forward():
         return triton_scan.scan_directions(u, delta, A, B, C, D, bias, bidirectional, channels_last, map_height,
                                            summaries=True)
 
-    def backward(summaries=kept):
+    def backward(summaries=None):
         return triton_scan_backward.scan_directions_backward(gy, u, delta, A, B, C, D, bias, bidirectional,
                                                              map_height, config=config, summaries=summaries)
 
@@ -190,7 +188,7 @@ def main() -> int:
                    mamba_fwd_ms=timed(m_fwd, args.iters), mamba_fwd_bwd_ms=timed(m_both, args.iters),
                    triton_fwd_ms=timed(t_fwd, args.iters), triton_fwd_bwd_ms=timed(t_both, args.iters))
         want = m_grads()
-        got = t_bwd()
+        got = t_both()
         if map_height:  # compare at row-major positions: sum the mamba path's two orders back
             row["grad_rel_err"] = {name: round(((g.float() - e.float()).norm() / e.float().norm()).item(), 5)
                                    for name, g, e in zip(NAMES[2:], got[2:], want[2:]) if name in ("A", "D",
@@ -200,11 +198,11 @@ def main() -> int:
                                    for name, g, e in zip(NAMES, got, want)}
         if args.sweep and time.time() < sweep_end and args.sweep_d_state in (None, n):
             # the baseline, same run; here and in the sweep each backward summarises its own segments
-            row["default_bwd_ms"] = round(timed(lambda: t_bwd(None), max(3, args.iters // 2)), 3)
+            row["default_bwd_ms"] = round(timed(t_bwd, max(3, args.iters // 2)), 3)
             best = None
             for config in sweep_configs(shape[0] * k, shape[2], shape[3], n):
                 _, _, bwd = triton_path(call, gy, config)
-                ms = timed(lambda: bwd(None), max(3, args.iters // 2))
+                ms = timed(bwd, max(3, args.iters // 2))
                 if best is None or ms < best[0]:
                     best = (ms, config)
             row["sweep_best_bwd"] = dict(ms=round(best[0], 3), config=best[1])

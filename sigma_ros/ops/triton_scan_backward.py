@@ -119,9 +119,11 @@ if triton is not None:
         tl.store(rz_ptr + ((pid_bk * SEGMENTS + seg) * N + offs_n[:, None]) * D + offs_d[None, :], rho,
                  mask=mask_d[None, :])
 
-    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "rz_ptr"])
-    def _fold_kernel(a_ptr, hz_ptr, rz_ptr, sz_ptr, D, K, SEGMENTS, N: tl.constexpr, BLOCK_D: tl.constexpr):
-        """In place: hz[s] <- the state entering segment s, rz[s] <- the carry entering it at its end."""
+    @triton.jit(do_not_specialize=["a_ptr", "hz_ptr", "h_in_ptr", "rz_ptr"])
+    def _fold_kernel(a_ptr, hz_ptr, h_in_ptr, rz_ptr, sz_ptr, D, K, SEGMENTS, N: tl.constexpr,
+                     BLOCK_D: tl.constexpr):
+        """h_in[s] <- the state entering segment s (from the end states hz; h_in may be hz), and in place
+        rz[s] <- the carry entering it at its end."""
         pid_bk = tl.program_id(0)
         offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_n = tl.arange(0, N)
@@ -135,7 +137,7 @@ if triton is not None:
             at = ((first + s) * N + offs_n[:, None]) * D + offs_d[None, :]
             h_s = tl.load(hz_ptr + at, mask=mask_d[None, :], other=0.0)
             dt_s = tl.load(sz_ptr + (first + s) * D + offs_d, mask=mask_d, other=0.0)
-            tl.store(hz_ptr + at, h, mask=mask_d[None, :])
+            tl.store(h_in_ptr + at, h, mask=mask_d[None, :])
             h = tl.exp2(dt_s[None, :] * a) * h + h_s
         rho = tl.zeros([N, BLOCK_D], dtype=tl.float32)
         for i in range(0, SEGMENTS):
@@ -283,16 +285,17 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     dev = u.device
     A_t = A.float().t().contiguous()  # (N, K*D), as the forward reads it
     D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
-    steps = 2  # recomputation steps in flight (4 would exceed 160 registers at both state sizes; SASS, sm_90)
+    steps = 2  # recomputation steps in flight (4 cost more registers than they hide; SASS, sm_90)
     common = (seq_len, dim, k_dirs, seg_len, segments, height, width, 1.0 / height)
     strides = (*u.stride(), *delta.stride(), *B.stride(), *C.stride(), *gy.stride())
     meta = dict(G=groups, N=d_state, COLUMN_TWIN=bool(map_height), APPROX=u.dtype != torch.float32,
                 BLOCK_D=block_d)
     grid = (batch * k_dirs, d_blocks, segments)
     if summaries is not None and summaries[0].shape[1] == segments:
-        hz, sz = summaries[0].clone(), summaries[1]  # the fold below overwrites hz
+        hz, sz = summaries  # the forward's; the fold writes the entering states beside them
+        h_in = torch.empty_like(hz)
     else:  # the states' summaries (end state from zero, summed dt) are the forward kernel's first pass
-        hz = torch.empty((batch * k_dirs, segments, d_state, dim), device=dev, dtype=torch.float32)
+        hz = h_in = torch.empty((batch * k_dirs, segments, d_state, dim), device=dev, dtype=torch.float32)
         sz = torch.empty((batch * k_dirs, segments, dim), device=dev, dtype=torch.float32)
         triton_scan._scan_directions_kernel[grid](
             u, delta, A_t, B, C, D, delta_bias, hz, hz, sz, *common, *u.stride(), *delta.stride(), *B.stride(),
@@ -300,8 +303,8 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     rz = torch.empty_like(hz)
     _adjoint_summaries_kernel[grid](delta, A_t, C, delta_bias, gy, rz, *common, *delta.stride(), *C.stride(),
                                     *gy.stride(), num_warps=1, **meta)
-    _fold_kernel[(batch * k_dirs, d_blocks)](A_t, hz, rz, sz, dim, k_dirs, segments, N=d_state, BLOCK_D=block_d,
-                                             num_warps=1)
+    _fold_kernel[(batch * k_dirs, d_blocks)](A_t, hz, h_in, rz, sz, dim, k_dirs, segments, N=d_state,
+                                             BLOCK_D=block_d, num_warps=1)
 
     du = triton_scan._output(u, bidirectional, channels_last=u.stride(-2) == 1 and u.stride(-1) != 1)
     ddelta = torch.empty_like(delta)
@@ -314,7 +317,7 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
     chunks = math.ceil(seg_len / chunk)
     scratch = torch.empty((programs, chunks + chunk, d_state, block_d), device=dev, dtype=torch.float32)
     _gradients_kernel[(programs,)](
-        u, delta, A_t, B, C, D, delta_bias, gy, hz, rz, scratch, du, ddelta, dA_t, dB, dC, dD, dbias,
+        u, delta, A_t, B, C, D, delta_bias, gy, h_in, rz, scratch, du, ddelta, dA_t, dB, dC, dD, dbias,
         *common, work, d_blocks, *strides, *du.stride(), *ddelta.stride(),
         ACCUMULATE=bidirectional, CHUNK=chunk, CHUNKS=chunks, STEPS=steps, num_warps=1, **meta)
     dB, dC = (t.transpose(-1, -2).to(B.dtype) for t in (dB, dC))

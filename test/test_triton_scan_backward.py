@@ -192,6 +192,29 @@ def test_model_trains_with_triton_scans(kernel, backward, monkeypatch):
         assert ((got[name] - ref[name]).norm() / ref[name].norm()).item() < 1e-4, name
 
 
+def test_checkpointed_block_trains_with_triton_scans(kernel, backward):
+    """The trainer's activation checkpointing (non-reentrant; the recomputation carries the scan switches) reruns
+    the Triton scan in the backward and unpacks its saved tensors once: the gradients of the plain block."""
+    from sigma_ros.model.sigma import SS2D
+    from sigma_ros.training.step import enable_activation_checkpointing
+
+    torch.manual_seed(4)
+    plain = SS2D(16, d_state=4, ssm_ratio=1.0).to(DEVICE)
+    checkpointed = torch.nn.Sequential(SS2D(16, d_state=4, ssm_ratio=1.0)).to(DEVICE)
+    checkpointed.load_state_dict({f"0.{k}": v for k, v in plain.state_dict().items()})
+    assert enable_activation_checkpointing(checkpointed, "all", block_names=("SS2D",)) == 1
+    x = torch.randn(1, 4, 6, 16, device=DEVICE)
+
+    def grads(module):
+        with triton_training_scans(True):
+            y = module(x)
+        y.square().mean().backward()
+        return [p.grad for p in module.parameters()]
+
+    for g, want in zip(grads(checkpointed), grads(plain), strict=True):
+        torch.testing.assert_close(g, want, rtol=1e-5, atol=1e-7)
+
+
 def test_triton_training_scans_compile_as_one_graph(kernel, backward, monkeypatch):
     """Under torch.compile (fullgraph) the Triton scan and its backward are custom ops in the graph: a block trains
     with the same gradients as eagerly. aot_eager: the graphs Inductor would get, without its code generation."""

@@ -358,7 +358,8 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, gy, *_summaries_grads):
-    inputs, summaries = ctx.saved_tensors[:7], ctx.saved_tensors[7:]
+    saved = ctx.saved_tensors  # once: checkpointing's unpack hooks allow one read
+    inputs, summaries = saved[:7], saved[7:]
     grads = scan_directions_backward_op(gy, *inputs, ctx.bidirectional, ctx.map_height, *summaries)
     return (*grads, None, None, None)
 

@@ -165,9 +165,9 @@ def main() -> int:
     from sigma_ros.ops.selective_scan import describe_backend
 
     dev = torch.device("cpu" if args.cpu_smoke else "cuda")
-    name = "CPU (Triton interpreter)" if args.cpu_smoke else torch.cuda.get_device_name(0)
+    device_name = "CPU (Triton interpreter)" if args.cpu_smoke else torch.cuda.get_device_name(0)
     h, w = (int(v) for v in args.size.split("x"))
-    print(f"device: {name}, torch {torch.__version__}, mamba path: {describe_backend(dev)}, "
+    print(f"device: {device_name}, torch {torch.__version__}, mamba path: {describe_backend(dev)}, "
           f"Sigma-{args.variant} {h}x{w}, batch {args.batch}", flush=True)
     torch.manual_seed(0)
     model = build_sigma(SigmaConfig.from_variant(args.variant, num_classes=9)).to(dev).train()
@@ -199,13 +199,13 @@ def main() -> int:
         if args.sweep and time.time() < sweep_end and args.sweep_d_state in (None, n):
             # the baseline, same run; here and in the sweep each backward summarises its own segments
             row["default_bwd_ms"] = round(timed(t_bwd, max(3, args.iters // 2)), 3)
-            best = None
+            swept = []
             for config in sweep_configs(shape[0] * k, shape[2], shape[3], n):
                 _, _, bwd = triton_path(call, gy, config)
-                ms = timed(bwd, max(3, args.iters // 2))
-                if best is None or ms < best[0]:
-                    best = (ms, config)
-            row["sweep_best_bwd"] = dict(ms=round(best[0], 3), config=best[1])
+                swept.append((round(timed(bwd, max(3, args.iters // 2)), 3), config))
+            swept.sort()
+            row["sweep_best_bwd"] = dict(ms=swept[0][0], config=swept[0][1])
+            row["sweep_bwd"] = swept  # every (ms, config), fastest first: to fit a rule, not just a winner
         for name in ("mamba_fwd_ms", "mamba_fwd_bwd_ms", "triton_fwd_ms", "triton_fwd_bwd_ms"):
             totals[name] += row[name] * counts[key]
             row[name] = round(row[name], 3)
@@ -214,7 +214,7 @@ def main() -> int:
     print("per training step (each call x its count): " + ", ".join(f"{k} {v:.1f}" for k, v in totals.items()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(rows=rows, totals=totals, device=name), f, indent=1)
+            json.dump(dict(rows=rows, totals=totals, device=device_name), f, indent=1)
     return 0
 
 

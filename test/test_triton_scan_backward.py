@@ -54,7 +54,8 @@ def _relative_errors(grads, expected):
     (2, True, 40, 33, 4, (32, 16, 8, 7)),   # two channel blocks, the second ragged
     (1, True, 4, 9, 8, None),               # default configs: 32 channels a warp at d_state 8 and 16,
     (1, True, 20, 30, 16, None),
-    (1, True, 70, 25, 4, None),             # 64 (two channels a lane) at d_state 4
+    (1, True, 70, 25, 4, None),             # and at d_state 4
+    (1, True, 70, 25, 4, (64, 16, 8, 3)),   # 64 channels a warp (two a lane) at d_state 4
     (1, True, 20, 30, 16, (16, 8, 4, 3)),   # 16 channels a warp: two lanes a channel, 8 states each
 ])
 def test_backward_matches_autograd_of_flipped_copies(backward, groups, bidirectional, dim, seq_len, d_state,

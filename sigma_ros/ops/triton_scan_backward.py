@@ -247,23 +247,23 @@ if triton is not None:
 
 
 def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
-    """(BLOCK_D, segment length, chunk, programs) for the backward.
+    """(BLOCK_D, segment length, chunk, programs) for the backward: 32 channels a warp, segments for about 48 warps
+    a multiprocessor, and
 
-    d_state >= 8: the best of ``bench/bench_gpu_scan_train.py --sweep`` on an H100 for each of Sigma-T's four
-    encoder shapes at batch 8 (bench/RESULTS.md, eighth session): 32 channels a warp, chunks of 128 / d_state steps,
-    segments for about 48 warps a multiprocessor, 8 programs a multiprocessor; 8 to 13 % faster than the SASS-based
-    choice before it (swept with one channel a lane, before the gradient kernel's layout changed). The scratch (a
-    segment's chunk-start states and a chunk's states, per program) is then about 320 MB on an H100 for the first
-    stage's shape, for the duration of the call.
-    d_state 4 (not swept yet): 64 channels a warp (fewer shuffles a channel for dB and dC), chunks of 64 steps,
-    segments as the forward's but at most 512 steps, 16 programs a multiprocessor."""
+    - d_state >= 8: chunks of 128 / d_state steps, 8 programs a multiprocessor: the best of
+      ``bench/bench_gpu_scan_train.py --sweep`` on an H100 for each of Sigma-T's four encoder shapes at batch 8
+      (bench/RESULTS.md, eighth session), 8 to 13 % faster than the choice before it. The scratch (a segment's
+      chunk-start states and a chunk's states, per program) is then about 320 MB on an H100 for the first stage's
+      shape, for the duration of the call.
+    - d_state 4 (fusion and decoder blocks): chunks of 16 steps, 16 programs a multiprocessor. The sweep (ninth
+      session, H100, Sigma-T at batch 8) reached four of its calls: this is the best for two (the first stage's
+      ConMB scan, 10.1 -> 6.4 ms, and the second stage's CroMB scans, 28 % faster); the best for the other two
+      also had chunks of 16, with 64 channels a warp (12 and 38 % faster), where this rule was not timed."""
     sms = triton_scan._multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 4
-    if d_state >= 8:
-        block_d, chunk, warps_per_sm, per_sm, longest = 32, max(4, 128 // d_state), 48, 8, seq_len
-    else:
-        block_d, chunk, warps_per_sm, per_sm, longest = 64, 64, 24, 16, 512
-    segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d, warps_per_sm)
-    seg_len = math.ceil(min(longest, math.ceil(seq_len / segments)) / chunk) * chunk
+    chunk, per_sm = (max(4, 128 // d_state), 8) if d_state >= 8 else (16, 16)
+    block_d = 32
+    segments = triton_scan.pick_segments(batch_dirs, dim, seq_len, block_d, warps_per_sm=48)
+    seg_len = math.ceil(math.ceil(seq_len / segments) / chunk) * chunk
     return block_d, seg_len, chunk, per_sm * sms
 
 

@@ -222,6 +222,39 @@ def test_scan_custom_op_for_torch_compile_matches_the_kernel():
         assert torch.equal(routed, model(rgb, x))
 
 
+def test_compiled_training_upsamples_by_sums_without_a_scatter():
+    """Under torch.compile with gradients the decoder's bilinear x2 is sums of shifted copies: the joint graph has no
+    interpolation (whose backward Inductor lowers to an atomic scatter-add), and values and gradients are eager
+    F.interpolate's, odd sizes included."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from sigma_ros.model.sigma import UpsampleExpand
+
+    graphs = []
+    backend = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or gm.forward,
+                           bw_compiler=lambda gm, _: graphs.append(gm) or gm.forward)
+    torch.manual_seed(0)
+    up = UpsampleExpand(8)
+    for shape in ((2, 5, 7, 8), (1, 1, 3, 8)):
+        x = torch.randn(shape, dtype=torch.float64)
+        up.double().zero_grad()
+        xe, xc = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        want = up(xe)
+        want.square().sum().backward()
+        eager_grads = [xe.grad] + [p.grad.clone() for p in up.parameters()]
+        up.zero_grad()
+        torch._dynamo.reset()
+        got = torch.compile(up, backend=backend, fullgraph=True)(xc)
+        got.square().sum().backward()
+        assert got.shape == (shape[0], 2 * shape[1], 2 * shape[2], 4)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for g, e in zip([xc.grad] + [p.grad for p in up.parameters()], eager_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+    ops = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
+    assert len(graphs) == 4 and "aten.cat.default" in ops
+    assert not [op for op in ops if "upsample" in op or "index_put" in op or "scatter" in op], ops
+
+
 @pytest.mark.parametrize("variant,paper_gflops", [("tiny", 89.5), ("small", 139.0), ("base", 241.0)])
 def test_flop_count_matches_the_papers_figures(variant, paper_gflops):
     """``sigma-ros info``'s count runs the model on the meta device (no memory, no kernels): it must get through

@@ -719,12 +719,29 @@ def _upsample2x(x: torch.Tensor, norm: LayerNorm | None = None) -> torch.Tensor:
             if norm is None:
                 return triton_upsample.upsample2x(x)
             return triton_upsample.upsample2x(x, norm.weight, norm.bias, norm.eps, norm._out_dtype(x, None))
-    autocast_off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") \
-        else contextlib.nullcontext()  # autocast rejects other device types (the FLOP counter's meta tensors)
-    with autocast_off:
-        x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
-    x = x.permute(0, 2, 3, 1)
+    if torch.compiler.is_compiling() and torch.is_grad_enabled():
+        x = _upsample2x_by_sums(x)
+    else:
+        autocast_off = torch.autocast(x.device.type, enabled=False) if x.device.type in ("cuda", "cpu") \
+            else contextlib.nullcontext()  # autocast rejects other device types (the FLOP counter's meta tensors)
+        with autocast_off:
+            x = F.interpolate(x.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False)
+        x = x.permute(0, 2, 3, 1)
     return x if norm is None else norm(x)
+
+
+def _upsample2x_by_sums(x: torch.Tensor) -> torch.Tensor:
+    """``_upsample2x``'s interpolation as sums of shifted copies, for training under torch.compile: Inductor lowers
+    the interpolation's backward to an atomic scatter-add, which took 13 ms of a 297 ms compiled Sigma-T step on the
+    H100 (the full-resolution one, fused with the norm's backward, 10 ms); the backward of these sums is sums again.
+    Along each axis output 2i is 3/4 of input i plus 1/4 of input i-1, output 2i+1 is 3/4 of i plus 1/4 of i+1, the
+    edge pixel standing in for the missing neighbour: align_corners=False at scale 2."""
+    for dim in (1, 2):
+        n = x.shape[dim]
+        before = torch.cat([x.narrow(dim, 0, 1), x.narrow(dim, 0, n - 1)], dim)
+        after = torch.cat([x.narrow(dim, 1, n - 1), x.narrow(dim, n - 1, 1)], dim)
+        x = torch.stack([0.75 * x + 0.25 * before, 0.75 * x + 0.25 * after], dim + 1).flatten(dim, dim + 1)
+    return x
 
 
 class UpsampleExpand(nn.Module):

@@ -271,9 +271,12 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
                              B: torch.Tensor, C: torch.Tensor, D: torch.Tensor, delta_bias: torch.Tensor,
                              bidirectional: bool, map_height: int = 0,
                              config: tuple[int, int, int, int] | None = None,
-                             summaries: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, ...]:
+                             summaries: tuple[torch.Tensor, torch.Tensor] | None = None,
+                             input_dtypes: bool = True) -> tuple[torch.Tensor, ...]:
     """Gradients (du, ddelta, dA, dB, dC, dD, ddelta_bias) of ``triton_scan.scan_directions`` for the output
-    gradient ``gy`` (batch, G, dim, L); each in its input's dtype and shape (du float32 where u is).
+    gradient ``gy`` (batch, G, dim, L); each in its input's dtype and shape (du float32 where u is). The kernel sums
+    du, dB and dC in float32; ``input_dtypes=False`` returns them so, for a caller that casts them where the cast
+    can fuse into the next kernel (the op's autograd, under torch.compile).
     ``summaries``: the forward's (h_seg, dt_seg) (``scan_directions(..., summaries=True)``); used where they are cut
     into this call's segments, else recomputed."""
     batch, groups, dim, seq_len = u.shape
@@ -320,8 +323,10 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
         u, delta, A_t, B, C, D, delta_bias, gy, h_in, rz, scratch, du, ddelta, dA_t, dB, dC, dD, dbias,
         *common, work, d_blocks, *strides, *du.stride(), *ddelta.stride(),
         ACCUMULATE=bidirectional, CHUNK=chunk, CHUNKS=chunks, STEPS=steps, num_warps=1, **meta)
-    dB, dC = (t.transpose(-1, -2).to(B.dtype) for t in (dB, dC))
-    return du.to(u.dtype), ddelta, dA_t.t().to(A.dtype), dB, dC, dD, dbias
+    dB, dC = dB.transpose(-1, -2), dC.transpose(-1, -2)
+    if input_dtypes:
+        du, dB, dC = du.to(u.dtype), dB.to(B.dtype), dC.to(C.dtype)
+    return du, ddelta, dA_t.t().to(A.dtype), dB, dC, dD, dbias
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -334,9 +339,10 @@ def scan_directions_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.
                                 dt_seg: torch.Tensor | None = None
                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                            torch.Tensor, torch.Tensor]:
+    """``scan_directions_backward`` with du, dB and dC in float32 (the autograd below casts them)."""
     summaries = (h_seg, dt_seg) if h_seg is not None and dt_seg is not None else None
     du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward(gy, u, delta, A, B, C, D, delta_bias, bidirectional,
-                                                                 map_height, summaries=summaries)
+                                                                 map_height, summaries=summaries, input_dtypes=False)
     return du, ddelta, dA.contiguous(), dB, dC, dD.to(D.dtype), dbias.to(delta_bias.dtype)
 
 
@@ -344,8 +350,8 @@ def scan_directions_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.
 def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height, h_seg=None, dt_seg=None):
     batch, k_dirs, d_state, seq_len = B.shape
     channels_last = u.stride(-2) == 1 and u.stride(-1) != 1
-    du = triton_scan._output(u, False, channels_last).to(u.dtype)
-    d_bc = B.new_empty((batch, k_dirs, seq_len, d_state)).transpose(-1, -2)
+    du = triton_scan._output(u, False, channels_last)
+    d_bc = B.new_empty((batch, k_dirs, seq_len, d_state), dtype=torch.float32).transpose(-1, -2)
     return (du, torch.empty_like(delta), A.new_empty(A.shape), d_bc, torch.empty_like(d_bc),
             D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape))
 
@@ -360,8 +366,11 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, gy, *_summaries_grads):
     saved = ctx.saved_tensors  # once: checkpointing's unpack hooks allow one read
     inputs, summaries = saved[:7], saved[7:]
-    grads = scan_directions_backward_op(gy, *inputs, ctx.bidirectional, ctx.map_height, *summaries)
-    return (*grads, None, None, None)
+    du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward_op(gy, *inputs, ctx.bidirectional, ctx.map_height,
+                                                                    *summaries)
+    u, B, C = inputs[0], inputs[3], inputs[4]
+    # cast here, not in the op: traced by torch.compile, the casts fuse into the kernels that consume the gradients
+    return du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None, None
 
 
 triton_scan.scan_directions_op.register_autograd(_backward, setup_context=_setup_context)

@@ -228,7 +228,7 @@ def test_compiled_training_upsamples_by_sums_without_a_scatter():
     F.interpolate's, odd sizes included."""
     from torch._dynamo.backends.common import aot_autograd
 
-    from sigma_ros.model.sigma import UpsampleExpand
+    from sigma_ros.model.sigma import UpsampleExpand, _upsample2x_by_sums
 
     graphs = []
     backend = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or gm.forward,
@@ -253,6 +253,9 @@ def test_compiled_training_upsamples_by_sums_without_a_scatter():
     ops = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
     assert len(graphs) == 4 and "aten.cat.default" in ops
     assert not [op for op in ops if "upsample" in op or "index_put" in op or "scatter" in op], ops
+    half = torch.randn(2, 5, 7, 8).bfloat16()  # bf16 (autocast): float32 math rounded once, as the interpolation
+    assert torch.equal(_upsample2x_by_sums(half), torch.nn.functional.interpolate(
+        half.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear", align_corners=False).permute(0, 2, 3, 1))
 
 
 @pytest.mark.parametrize("variant,paper_gflops", [("tiny", 89.5), ("small", 139.0), ("base", 241.0)])

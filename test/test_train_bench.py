@@ -25,3 +25,16 @@ def test_bench_train_rejects_unknown_mode():
     p = subprocess.run([sys.executable, str(BENCH), "--cpu-smoke", "--modes", "turbo"], capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 2 and "turbo" in p.stderr
+
+
+def test_check_compiled_gradients_cpu_smoke():
+    """bench/check_compiled_gradients.py on the micro model: every gradient finite, and the compiled step's gradients
+    are the same with and without high-res checkpointing (both measured against eager)."""
+    script = BENCH.parent / "check_compiled_gradients.py"
+    p = subprocess.run([sys.executable, str(script), "--cpu-smoke"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    steps = [line for line in p.stdout.splitlines() if " gradients, " in line]
+    assert len(steps) == 6 and all(" 0 non-finite" in line for line in steps), p.stdout
+    medians = [float(line.split("median relative difference ")[1].split(";")[0])
+               for line in p.stdout.splitlines() if "against eager" in line]
+    assert len(medians) == 2 and medians[0] == medians[1] < 0.05, p.stdout

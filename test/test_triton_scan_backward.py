@@ -193,6 +193,23 @@ def test_model_trains_with_triton_scans(kernel, backward, monkeypatch):
         assert ((got[name] - ref[name]).norm() / ref[name].norm()).item() < 1e-4, name
 
 
+def test_training_scan_recomputes_delta_instead_of_saving_it(kernel, backward):
+    """An SS2D block training with Triton scans saves no (B, K, D, L) delta for its backward: the backward
+    recomputes it from the x projection's dt rows, which the scan keeps anyway (test_model_trains_with_triton_scans
+    checks the gradients)."""
+    from sigma_ros.model.sigma import SS2D
+
+    torch.manual_seed(6)
+    block = SS2D(16, d_state=4, ssm_ratio=1.0).to(DEVICE)
+    x = torch.randn(1, 4, 6, 16, device=DEVICE)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        with triton_training_scans(True):
+            block(x).square().mean().backward()
+    delta_bytes = 4 * 6 * block.K * block.d_inner * 4  # (B*L, K*D) float32
+    assert saved and not [t.shape for t in saved if t.untyped_storage().nbytes() == delta_bytes]
+
+
 def test_checkpointed_block_trains_with_triton_scans(kernel, backward):
     """The trainer's activation checkpointing (non-reentrant; the recomputation carries the scan switches) reruns
     the Triton scan in the backward and unpacks its saved tensors once: the gradients of the plain block."""

@@ -269,15 +269,20 @@ class SSMParams(nn.Module):
         k, r, n = self.K, self.dt_rank, self.d_state
         proj, dt_proj, a = self._fused_constants()
         p = F.linear(x.reshape(b * seq_len, d), proj)
-        dts = F.linear(p[:, :k * r], dt_proj)
-        if torch.is_grad_enabled() and not _scan_low_precision_inputs:  # training's default: fp32 scan inputs
-            x, p, dts = x.float(), p.float(), dts.float()  # (casting whole tensors keeps the views' layouts)
-        dts = dts.view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
+        dt_low = p[:, :k * r]
+        training = torch.is_grad_enabled()
+        if training and not _scan_low_precision_inputs:  # training's default: fp32 scan inputs
+            x, p = x.float(), p.float()  # (casting whole tensors keeps the views' layouts)
         bcs = p[:, k * r:k * (r + 2 * n)].view(b, seq_len, k, 2 * n).permute(0, 2, 3, 1)  # (B, K, 2N, L) view
         u = x.transpose(1, 2)[:, None].expand(b, 2 if map_height else 1, d, seq_len)
-        scan = triton_scan.scan_directions_train if torch.is_grad_enabled() else triton_scan.scan_directions_op
-        y = scan(u, dts, a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), self.dt_projs_bias.reshape(-1).float(),
-                 True, True, map_height)
+        consts = a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True
+        if training:  # delta recomputed from dt_low in the backward, not saved
+            from ..ops import triton_scan_backward
+
+            y = triton_scan_backward.scan_directions_train_projected(u, dt_low, dt_proj, *consts, map_height)
+        else:
+            dts = F.linear(dt_low, dt_proj).view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
+            y = triton_scan.scan_directions_op(u, dts, *consts, True, map_height)
         return y.transpose(-1, -2)
 
     _frozen: tuple | None = None

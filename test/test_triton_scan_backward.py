@@ -194,20 +194,44 @@ def test_model_trains_with_triton_scans(kernel, backward, monkeypatch):
 
 
 def test_training_scan_recomputes_delta_instead_of_saving_it(kernel, backward):
-    """An SS2D block training with Triton scans saves no (B, K, D, L) delta for its backward: the backward
-    recomputes it from the x projection's dt rows, which the scan keeps anyway (test_model_trains_with_triton_scans
-    checks the gradients)."""
+    """An SS2D block training with Triton scans keeps no (B, K, D, L) delta for its backward, eagerly or under
+    torch.compile (whose partitioner decides what the compiled forward keeps): the backward recomputes it from the
+    x projection's dt rows, which the scan keeps anyway (test_model_trains_with_triton_scans checks gradients)."""
+    from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
     from sigma_ros.model.sigma import SS2D
 
     torch.manual_seed(6)
     block = SS2D(16, d_state=4, ssm_ratio=1.0).to(DEVICE)
     x = torch.randn(1, 4, 6, 16, device=DEVICE)
+    delta_shape = (1, block.K, block.d_inner, 24)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         with triton_training_scans(True):
             block(x).square().mean().backward()
-    delta_bytes = 4 * 6 * block.K * block.d_inner * 4  # (B*L, K*D) float32
-    assert saved and not [t.shape for t in saved if t.untyped_storage().nbytes() == delta_bytes]
+    assert saved and not [t for t in saved if t.untyped_storage().nbytes() == 4 * 24 * block.K * block.d_inner]
+
+    kept = []  # the shapes of the compiled forward's outputs: the block's own and what the backward gets
+
+    def forward_compiler(gm, _):
+        outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        kept.extend(tuple(n.meta["val"].shape) for n in outputs if isinstance(n, torch.fx.Node))
+        return gm.forward
+
+    backend = aot_autograd(fw_compiler=forward_compiler, partition_fn=min_cut_rematerialization_partition)
+    torch._dynamo.reset()
+    with triton_training_scans(True):
+        torch.compile(block, backend=backend, fullgraph=True)(x).square().mean().backward()
+    assert len(kept) > 5 and delta_shape not in kept, kept
+
+    g = torch.Generator().manual_seed(2)  # the op's schema, fake tensors and autograd registration
+    args = [torch.randn(1, 1, 5, 24, generator=g), torch.randn(24, 6, generator=g),
+            0.3 * torch.randn(10, 6, generator=g), -(0.1 + torch.rand(10, 4, generator=g)),
+            torch.randn(1, 2, 4, 24, generator=g),
+            torch.randn(1, 2, 4, 24, generator=g), torch.randn(10, generator=g), torch.randn(10, generator=g)]
+    torch.library.opcheck(backward.scan_directions_train_projected_op,
+                          (*(t.to(DEVICE).requires_grad_(True) for t in args), True, 0))
 
 
 def test_checkpointed_block_trains_with_triton_scans(kernel, backward):

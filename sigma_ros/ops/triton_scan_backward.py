@@ -380,33 +380,50 @@ triton_scan.scan_directions_train_op.register_autograd(_backward, setup_context=
 # --------------------------------------------------------------------------------------------------------------------
 # Training with delta recomputed: the blocks' delta is one GEMM of rows the scan keeps anyway
 # --------------------------------------------------------------------------------------------------------------------
-class _ScanProjectedDelta(torch.autograd.Function):
-    """The training scan whose delta is ``dt_low @ dt_weight.T`` (the blocks' dt projection), kept as that product's
-    inputs and recomputed in the backward, not saved. Delta has K*D values a token against dt_low's K*R (R = D/8 or
-    less), and dt_low is a view of the x projection's output, which the scan keeps alive for B and C. For Sigma-T at
-    batch 8 and 480x640 (bf16) the deltas of its SS2D and ConMB scans come to about 4.7 GB (encoder 2.6, decoder
-    1.7, ConMB 0.4, by arithmetic); each costs one more small GEMM in the backward instead."""
+@torch.library.custom_op("sigma_ros::scan_directions_train_projected", mutates_args=())
+def scan_directions_train_projected_op(u: torch.Tensor, dt_low: torch.Tensor, dt_weight: torch.Tensor,
+                                       A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, D: torch.Tensor,
+                                       delta_bias: torch.Tensor, bidirectional: bool, map_height: int = 0
+                                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``scan_directions_train_op`` (channels-last) with delta = ``dt_low @ dt_weight.T``, computed inside the op.
+    Inside, because a product traced in the graph would be merged with the backward's recomputation by
+    torch.compile's common-subexpression pass, and then saved after all."""
+    delta = _project_delta(dt_low, dt_weight, _delta_layout(u, dt_weight), u.dtype)
+    return triton_scan.scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, True, map_height,
+                                       summaries=True)
 
-    @staticmethod
-    def forward(ctx, u, dt_low, dt_weight, layout, A, B, C, D, delta_bias, bidirectional, map_height):
-        delta = _project_delta(dt_low, dt_weight, layout, u.dtype)
-        y, h_seg, dt_seg = triton_scan.scan_directions_train_op(u, delta, A, B, C, D, delta_bias, bidirectional, True,
-                                                                map_height)
-        ctx.save_for_backward(u, dt_low, dt_weight, A, B, C, D, delta_bias, h_seg, dt_seg)
-        ctx.layout, ctx.bidirectional, ctx.map_height = layout, bidirectional, map_height
-        return y
 
-    @staticmethod
-    def backward(ctx, gy):
-        u, dt_low, dt_weight, A, B, C, D, delta_bias, h_seg, dt_seg = ctx.saved_tensors
-        delta = _project_delta(dt_low, dt_weight, ctx.layout, u.dtype)
-        du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward_op(
-            gy, u, delta, A, B, C, D, delta_bias, ctx.bidirectional, ctx.map_height, h_seg, dt_seg)
-        batch, seq_len, k_dirs, dim = ctx.layout
-        g = ddelta.permute(0, 3, 1, 2).reshape(batch * seq_len, k_dirs * dim).to(dt_low.dtype)  # the GEMM's layout
-        d_dt_low = g @ dt_weight.to(dt_low.dtype)
-        d_weight = (g.t() @ dt_low).to(dt_weight.dtype)
-        return (du.to(u.dtype), d_dt_low, d_weight, None, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None)
+@scan_directions_train_projected_op.register_fake
+def _(u, dt_low, dt_weight, A, B, C, D, delta_bias, bidirectional, map_height=0):
+    delta = _project_delta(dt_low, dt_weight, _delta_layout(u, dt_weight), u.dtype)
+    return triton_scan.scan_directions_train_op(u, delta, A, B, C, D, delta_bias, bidirectional, True, map_height)
+
+
+def _setup_projected(ctx, inputs, output):
+    u, dt_low, dt_weight, A, B, C, D, delta_bias, bidirectional, map_height = inputs
+    ctx.save_for_backward(u, dt_low, dt_weight, A, B, C, D, delta_bias, *output[1:])
+    ctx.bidirectional, ctx.map_height = bidirectional, map_height
+
+
+def _backward_projected(ctx, gy, *_summaries_grads):
+    u, dt_low, dt_weight, A, B, C, D, delta_bias, h_seg, dt_seg = ctx.saved_tensors
+    layout = _delta_layout(u, dt_weight)
+    delta = _project_delta(dt_low, dt_weight, layout, u.dtype)
+    du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward_op(
+        gy, u, delta, A, B, C, D, delta_bias, ctx.bidirectional, ctx.map_height, h_seg, dt_seg)
+    batch, seq_len, k_dirs, dim = layout
+    g = ddelta.permute(0, 3, 1, 2).reshape(batch * seq_len, k_dirs * dim).to(dt_low.dtype)  # the GEMM's layout
+    d_dt_low = g @ dt_weight.to(dt_low.dtype)
+    d_weight = (g.t() @ dt_low).to(dt_weight.dtype)
+    return du.to(u.dtype), d_dt_low, d_weight, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None
+
+
+scan_directions_train_projected_op.register_autograd(_backward_projected, setup_context=_setup_projected)
+
+
+def _delta_layout(u, dt_weight) -> tuple[int, int, int, int]:
+    batch, _groups, dim, seq_len = u.shape
+    return batch, seq_len, dt_weight.shape[0] // dim, dim
 
 
 def _project_delta(dt_low, dt_weight, layout, dtype):
@@ -420,8 +437,11 @@ def _project_delta(dt_low, dt_weight, layout, dtype):
 def scan_directions_train_projected(u, dt_low, dt_weight, A, B, C, D, delta_bias, bidirectional: bool,
                                     map_height: int = 0) -> torch.Tensor:
     """:func:`triton_scan.scan_directions_train` (channels-last) with delta = ``dt_low @ dt_weight.T`` viewed as
-    (batch, K, dim, L): dt_low (batch * L, K * R) rows in token order, dt_weight (K * dim, K * R). Delta is
-    recomputed in the backward instead of saved."""
-    batch, _groups, dim, seq_len = u.shape
-    layout = (batch, seq_len, dt_weight.shape[0] // dim, dim)
-    return _ScanProjectedDelta.apply(u, dt_low, dt_weight, layout, A, B, C, D, delta_bias, bidirectional, map_height)
+    (batch, K, dim, L): dt_low (batch * L, K * R) rows in token order, dt_weight (K * dim, K * R). The training
+    blocks' delta is that product, and its inputs are smaller than delta (K*R values a token against K*D, R = D/8
+    or less) and kept anyway (dt_low is a view of the x projection's output, which the scan keeps for B and C), so
+    the backward recomputes delta instead of saving it. For Sigma-T at batch 8 and 480x640 (bf16) the deltas of its
+    SS2D and ConMB scans come to about 4.7 GB (encoder 2.6, decoder 1.7, ConMB 0.4, by arithmetic); each costs one
+    more small GEMM in the backward instead."""
+    return scan_directions_train_projected_op(u, dt_low, dt_weight, A, B, C, D, delta_bias, bidirectional,
+                                              map_height)[0]

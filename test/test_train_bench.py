@@ -38,3 +38,19 @@ def test_check_compiled_gradients_cpu_smoke():
     medians = [float(line.split("median relative difference ")[1].split(";")[0])
                for line in p.stdout.splitlines() if "against eager" in line]
     assert len(medians) == 2 and medians[0] == medians[1] < 0.05, p.stdout
+
+
+def test_compiled_activation_memory_cpu_run():
+    """bench/compiled_activation_memory.py traces the micro model's compiled training forward without running it and
+    lists what it keeps for the backward; without Triton's interpreter it refuses, naming the variable."""
+    import os
+
+    script = BENCH.parent / "compiled_activation_memory.py"
+    args = [sys.executable, str(script), "--variant", "micro", "--size", "32x48", "--batch", "1", "--top", "3"]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300, env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert p.returncode == 0, p.stdout + p.stderr
+    storages = int(p.stdout.split("keeps ")[1].split(" storages")[0])
+    assert storages > 100 and p.stdout.count(" MiB  (") == 3, p.stdout
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 2 and "TRITON_INTERPRET=1" in p.stderr

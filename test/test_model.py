@@ -227,12 +227,13 @@ def test_compiled_training_upsamples_by_sums_without_a_scatter():
     interpolation (whose backward Inductor lowers to an atomic scatter-add), and values and gradients are eager
     F.interpolate's, odd sizes included."""
     from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
 
     from sigma_ros.model.sigma import UpsampleExpand, _upsample2x_by_sums
 
     graphs = []
-    backend = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or gm.forward,
-                           bw_compiler=lambda gm, _: graphs.append(gm) or gm.forward)
+    backend = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm) or make_boxed_func(gm.forward),
+                           bw_compiler=lambda gm, _: graphs.append(gm) or make_boxed_func(gm.forward))
     torch.manual_seed(0)
     up = UpsampleExpand(8)
     for shape in ((2, 5, 7, 8), (1, 1, 3, 8)):

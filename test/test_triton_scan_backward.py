@@ -198,6 +198,7 @@ def test_training_scan_recomputes_delta_instead_of_saving_it(kernel, backward):
     torch.compile (whose partitioner decides what the compiled forward keeps): the backward recomputes it from the
     x projection's dt rows, which the scan keeps anyway (test_model_trains_with_triton_scans checks gradients)."""
     from torch._dynamo.backends.common import aot_autograd
+    from torch._functorch.aot_autograd import make_boxed_func
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     from sigma_ros.model.sigma import SS2D
@@ -217,7 +218,7 @@ def test_training_scan_recomputes_delta_instead_of_saving_it(kernel, backward):
     def forward_compiler(gm, _):
         outputs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
         kept.extend(tuple(n.meta["val"].shape) for n in outputs if isinstance(n, torch.fx.Node))
-        return gm.forward
+        return make_boxed_func(gm.forward)
 
     backend = aot_autograd(fw_compiler=forward_compiler, partition_fn=min_cut_rematerialization_partition)
     torch._dynamo.reset()

@@ -365,12 +365,15 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, *_summaries_grads):
     saved = ctx.saved_tensors  # once: checkpointing's unpack hooks allow one read
-    inputs, summaries = saved[:7], saved[7:]
-    du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward_op(gy, *inputs, ctx.bidirectional, ctx.map_height,
-                                                                    *summaries)
-    u, B, C = inputs[0], inputs[3], inputs[4]
+    return (*_input_gradients(gy, *saved[:7], ctx.bidirectional, ctx.map_height, saved[7:]), None, None, None)
+
+
+def _input_gradients(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height, summaries):
+    """The scan's gradients in its inputs' dtypes; ``summaries``: the forward's (h_seg, dt_seg), or ()."""
+    du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward_op(gy, u, delta, A, B, C, D, delta_bias,
+                                                                    bidirectional, map_height, *summaries)
     # cast here, not in the op: traced by torch.compile, the casts fuse into the kernels that consume the gradients
-    return du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None, None
+    return du.to(u.dtype), ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias
 
 
 triton_scan.scan_directions_op.register_autograd(_backward, setup_context=_setup_context)
@@ -409,13 +412,13 @@ def _backward_projected(ctx, gy, *_summaries_grads):
     u, dt_low, dt_weight, A, B, C, D, delta_bias, h_seg, dt_seg = ctx.saved_tensors
     layout = _delta_layout(u, dt_weight)
     delta = _project_delta(dt_low, dt_weight, layout, u.dtype)
-    du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward_op(
-        gy, u, delta, A, B, C, D, delta_bias, ctx.bidirectional, ctx.map_height, h_seg, dt_seg)
+    du, ddelta, dA, dB, dC, dD, dbias = _input_gradients(gy, u, delta, A, B, C, D, delta_bias, ctx.bidirectional,
+                                                         ctx.map_height, (h_seg, dt_seg))
     batch, seq_len, k_dirs, dim = layout
     g = ddelta.permute(0, 3, 1, 2).reshape(batch * seq_len, k_dirs * dim).to(dt_low.dtype)  # the GEMM's layout
     d_dt_low = g @ dt_weight.to(dt_low.dtype)
     d_weight = (g.t() @ dt_low).to(dt_weight.dtype)
-    return du.to(u.dtype), d_dt_low, d_weight, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dbias, None, None
+    return du, d_dt_low, d_weight, dA, dB, dC, dD, dbias, None, None
 
 
 scan_directions_train_projected_op.register_autograd(_backward_projected, setup_context=_setup_projected)

@@ -19,6 +19,9 @@ Modes:
                  compilation happens in the first step, timed separately
   <mode>_tscan   any of the above with the fused Triton scan and its backward (trainer option triton_scans)
                  instead of mamba-ssm's kernels on flipped copies
+  <mode>_cudagraphs  any compiled mode, its steps replayed as CUDA graphs (trainer option cuda_graphs; one process)
+Peak memory is what the caching allocator handed out (allocated) and what it held from the driver (reserved);
+with CUDA graphs the graphs' private pool is reserved for the whole run, so there reserved is the figure to read.
 Batches are synthetic street scenes (sigma_ros.data.synthetic) augmented by the trainer's pipeline once and kept
 on the device, so the loader is not timed here; the loader's own rate (one process) is printed separately.
 """
@@ -46,8 +49,11 @@ for _name in list(MODES):  # "<mode>_compile": under torch.compile (trainer opti
     MODES[_name + "_compile"] = {**MODES[_name], "compile": True}
 for _name in list(MODES):  # "<mode>_tscan": the Triton scan and its backward (trainer option triton_scans)
     MODES[_name + "_tscan"] = {**MODES[_name], "triton": True}
+for _name in [n for n, m in MODES.items() if m["compile"]]:  # "<mode>_cudagraphs" (trainer option cuda_graphs)
+    MODES[_name + "_cudagraphs"] = {**MODES[_name], "cudagraphs": True}
 for _mode in MODES.values():
     _mode.setdefault("triton", False)
+    _mode.setdefault("cudagraphs", False)
 
 
 def make_batches(n_batches: int, batch: int, h: int, w: int, num_classes: int, seed: int = 0):
@@ -87,8 +93,10 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
 
         net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False,
                   gradient_as_bucket_view=True)
+    if mode["cudagraphs"] and (dist_info.enabled or device.type != "cuda"):
+        raise SystemExit(f"{name}: CUDA graphs need one GPU process (as the trainer's cuda_graphs option)")
     if mode["compile"]:
-        net = compile_for_training(net, device)
+        net = compile_for_training(net, device, cuda_graphs=mode["cudagraphs"])
     opt, info = build_optimizer(model, 6e-5, 0.01, official=args.official_param_groups)  # as the trainer
     gpu_batches = [tuple(t.to(device) for t in b) for b in batches]
 
@@ -102,7 +110,7 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
 
     def step():
         return train_step(net, opt, it, device, amp_dtype=mode["amp"], ddp=dist_info.enabled,
-                          scan_bf16=mode["scan_bf16"], triton_scans=mode["triton"])
+                          scan_bf16=mode["scan_bf16"], triton_scans=mode["triton"], cuda_graphs=mode["cudagraphs"])
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     t0 = time.perf_counter()
@@ -131,6 +139,7 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
         "step_ms_median": round(1000 * med, 2), "step_ms_mean": round(1000 * statistics.mean(times), 2),
         "images_per_s": round(per_rank * dist_info.world_size / med, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
+        "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 2) if device.type == "cuda" else None,
         "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
         "first_step_s": round(first_step_s, 1),
         "optimised_params": info["optimised_params"], "official_param_groups": args.official_param_groups,
@@ -163,6 +172,17 @@ def kernel_kind(name: str) -> str:
     return "other"
 
 
+def gpu_idle_ms(prof) -> float:
+    """Time in a profile's span of GPU kernels that no kernel runs (the CPU's launches lagging behind)."""
+    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
+                   if e.device_type == torch.autograd.DeviceType.CUDA)
+    idle, reach = 0.0, spans[0][0] if spans else 0.0
+    for start, end in spans:
+        idle += max(0.0, start - reach)
+        reach = max(reach, end)
+    return idle / 1000
+
+
 def print_profile(mode: str, step, steps: int, sync, device: torch.device) -> None:
     """torch.profiler over ``steps`` training steps: GPU time per step by kernel kind, then the top kernels (on the
     CPU: operator self time, which only checks the script)."""
@@ -185,6 +205,8 @@ def print_profile(mode: str, step, steps: int, sync, device: torch.device) -> No
         entry[0] += ms(e)
         entry[1] += e.count // steps
     print(f"{mode}: {total:.1f} ms of {'GPU' if gpu else 'CPU'} time per step, by kernel kind:")
+    if gpu:
+        print(f"  the GPU idles {gpu_idle_ms(prof) / steps:.1f} ms a step between kernels (waiting for launches)")
     for kind, (t, count) in sorted(kinds.items(), key=lambda kv: -kv[1][0]):
         print(f"  {t:8.1f} ms {100 * t / total:5.1f} % {count:6d} kernels  {kind}")
     print("  top kernels:")
@@ -240,7 +262,8 @@ def main() -> int:
         r = run_mode(m, args, dist_info, device, batches)
         results.append(r)
         if main_rank:
-            mem = f", peak {r['peak_mem_gib']:.2f} GiB" if r["peak_mem_gib"] is not None else ""
+            mem = (f", peak {r['peak_mem_gib']:.2f} GiB ({r['peak_reserved_gib']:.2f} reserved)"
+                   if r["peak_mem_gib"] is not None else "")
             print(f"{m:>14}: {r['step_ms_median']:8.1f} ms/step  {r['images_per_s']:7.2f} img/s{mem}  "
                   f"(loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}; first step {r['first_step_s']:.1f} s)")
     if main_rank and len(results) > 1:

@@ -421,3 +421,28 @@ def test_activation_checkpointing_trains_the_same_weights(syn, tmp_path):
     b = torch.load(tmp_path / "ckpt" / "state.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+
+
+def test_cuda_graphs_apply_only_where_they_are_safe(syn, tmp_path):
+    """CUDA graphs need torch.compile, a GPU, one process and no gradient accumulation; elsewhere the trainer
+    says so and trains without them."""
+    msgs = []
+    trainer = Trainer(_cfg(syn, tmp_path / "a", compile=False, cuda_graphs=True, max_steps=1), log=msgs.append)
+    trainer.setup()
+    assert not trainer.cuda_graphs and any("--cuda-graphs needs torch.compile" in m for m in msgs)
+    msgs.clear()
+    trainer = Trainer(_cfg(syn, tmp_path / "b", compile=True, cuda_graphs=True, max_steps=1), log=msgs.append)
+    trainer.setup()
+    assert trainer.compiled and not trainer.cuda_graphs
+    assert any("--cuda-graphs needs a GPU" in m for m in msgs)
+
+
+def test_cuda_graphs_from_the_command_line():
+    import argparse
+
+    from sigma_ros.tools.train import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert config_from_args(parser.parse_args(["--data", "d", "--cuda-graphs"])).cuda_graphs is True
+    assert config_from_args(parser.parse_args(["--data", "d"])).cuda_graphs is False

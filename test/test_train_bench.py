@@ -54,3 +54,24 @@ def test_compiled_activation_memory_cpu_run():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     p = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 2 and "TRITON_INTERPRET=1" in p.stderr
+
+
+def test_gpu_idle_is_the_time_no_kernel_covers():
+    """bench_train's idle figure: gaps between GPU kernels, overlaps counted once, host events ignored."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_train", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cuda, cpu = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
+
+    def ev(start, end, dev=cuda):
+        return SimpleNamespace(time_range=SimpleNamespace(start=start, end=end), device_type=dev)
+
+    spans = [ev(0, 100), ev(10, 20), ev(50, 150), ev(400, 500), ev(160, 900, cpu), ev(450, 700)]
+    prof = SimpleNamespace(events=lambda: spans)
+    assert bench.gpu_idle_ms(prof) == 0.25  # 150 -> 400 us
+    assert bench.gpu_idle_ms(SimpleNamespace(events=lambda: [])) == 0.0

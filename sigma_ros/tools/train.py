@@ -54,6 +54,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model for training; the first step compiles, minutes on a first run "
                         "[on for CUDA]")
+    p.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --compile: replay each step as CUDA graphs (less launch overhead; one GPU process, "
+                        "no gradient accumulation) [off]")
     p.add_argument("--preprocessing", choices=["rgb", "official"], default=None,
                    help="input normalisation profile [init checkpoint's, else rgb]")
     p.add_argument("--modality", choices=["thermal", "depth"], default=None, help="[thermal]")

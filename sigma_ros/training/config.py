@@ -62,6 +62,11 @@ class TrainConfig:
     # torch.compile the model for training (1.44x on an H100); default on for CUDA unless activation checkpointing
     # is on (the two do not combine yet: bench/RESULTS.md)
     compile: bool | None = None
+    # with compile: replay each step's forward and backward as CUDA graphs (torch.compile's "reduce-overhead"), so
+    # the thousands of small kernels of a step are not launched one by one from Python. One GPU process and no
+    # gradient accumulation only (CUDA-graph trees reuse their output memory between replays, and accumulated
+    # .grad buffers would be overwritten: pytorch/pytorch#169545)
+    cuda_graphs: bool = False
     seed: int = 3407
     workers: int | None = None  # loader workers per process; default 0 on CPU, min(8, cores) on GPU
     threads: int | None = None  # torch CPU threads

@@ -38,11 +38,13 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
                device: torch.device, *, accum_steps: int = 1, amp_dtype: torch.dtype | None = None,
                scaler: torch.amp.GradScaler | None = None, grad_clip: float | None = None,
                ddp: bool = False, scan_bf16: bool = False, triton_scans: bool = False,
-               params=None) -> torch.Tensor:
+               cuda_graphs: bool = False, params=None) -> torch.Tensor:
     """Forward/backward over ``accum_steps`` micro-batches of (rgb, x, label), then one optimiser step.
     ``scan_bf16`` and ``triton_scans`` set the model's scan switches (see ``_scan_switches``).
 
     ``model`` may be DDP-wrapped (``ddp=True``): gradients are all-reduced only on the last micro-batch.
+    ``cuda_graphs``: ``model`` is compiled with CUDA graphs (``compile_for_training(..., cuda_graphs=True)``); each
+    step is marked as a new one, so the graphs' memory from the previous step is free to be reused.
     Returns the mean micro-batch loss as a 0-d tensor on ``device`` (no host sync).
     """
     scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
@@ -54,6 +56,8 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
         x = x.to(device, non_blocking=True)
         label = label.to(device, non_blocking=True)
         sync = nullcontext() if (not ddp or a == accum_steps - 1) else model.no_sync()
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
         with sync:
             with amp, _scan_switches(scan_bf16 and amp_dtype is not None, triton_scans):
@@ -70,7 +74,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, micro_batches
     return total / accum_steps
 
 
-def compile_for_training(net: nn.Module, device: torch.device) -> nn.Module:
+def compile_for_training(net: nn.Module, device: torch.device, cuda_graphs: bool = False) -> nn.Module:
     """``net`` under torch.compile for training steps (DDP-wrapped or not; the caller keeps the plain module for
     evaluation and checkpoints, which share its parameters).
 
@@ -79,6 +83,8 @@ def compile_for_training(net: nn.Module, device: torch.device) -> nn.Module:
     The first step compiles (minutes on a first run; Inductor caches kernels on disk for later runs). Where
     compilation fails, dynamo runs that code eagerly instead of failing the run (``suppress_errors``). Not for a
     model with activation checkpointing: the trainer uses one or the other (see ``TrainConfig.compile``).
+    ``cuda_graphs``: Inductor also records forward and backward as CUDA graphs and replays them ("reduce-overhead";
+    see ``TrainConfig.cuda_graphs`` for when it applies, and ``train_step(..., cuda_graphs=True)``).
 
     The scan backend is resolved (mamba-ssm imported) here, before any tracing: an import that first happens
     inside the compiled forward would make dynamo trace mamba-ssm's dependencies' module code too."""
@@ -88,7 +94,7 @@ def compile_for_training(net: nn.Module, device: torch.device) -> nn.Module:
 
     resolve_backend(device)
     torch._dynamo.config.suppress_errors = True
-    return torch.compile(net)
+    return torch.compile(net, mode="reduce-overhead" if cuda_graphs else None)
 
 
 # Blocks whose activations are recomputed in backward when activation checkpointing is on: every encoder, fusion and

@@ -209,7 +209,7 @@ class Trainer:
             saved = TrainConfig.from_dict(state["config"], where=str(self.run_dir / STATE_FILE))
             # Keep the run's recipe; allow runtime knobs (and a longer run) to change.
             for k in ("max_steps", "device", "workers", "threads", "eval_every", "save_every", "log_every",
-                      "progress", "tensorboard", "eval_max_images", "data", "out", "compile"):
+                      "progress", "tensorboard", "eval_max_images", "data", "out", "compile", "cuda_graphs"):
                 setattr(saved, k, getattr(cfg, k) if getattr(cfg, k) is not None else getattr(saved, k))
             self.cfg = cfg = saved
         if cfg.threads:
@@ -297,8 +297,15 @@ class Trainer:
             # compile (speed).
             self.log("note: torch.compile is off: it does not combine with activation checkpointing yet")
             self.compiled = False
+        self.cuda_graphs = bool(cfg.cuda_graphs) and self.compiled
+        if cfg.cuda_graphs and not self.cuda_graphs:
+            self.log("note: --cuda-graphs needs torch.compile; it is off")
+        elif self.cuda_graphs and (not on_gpu or self.dist.enabled or cfg.accum_steps > 1):
+            why = "a GPU" if not on_gpu else "one process" if self.dist.enabled else "no gradient accumulation"
+            self.log(f"note: --cuda-graphs needs {why}; it is off")
+            self.cuda_graphs = False
         if self.compiled:  # training steps only: evaluation and checkpoints use the plain module
-            self.ddp = compile_for_training(self.ddp, self.device)
+            self.ddp = compile_for_training(self.ddp, self.device, cuda_graphs=self.cuda_graphs)
 
         # schedule
         if cfg.batch_size % self.dist.world_size:
@@ -527,7 +534,7 @@ class Trainer:
             step_loss = train_step(self.ddp, self.optimizer, it, self.device, accum_steps=cfg.accum_steps,
                                    amp_dtype=self.amp_dtype if self.amp else None, scaler=self.scaler,
                                    grad_clip=cfg.grad_clip, ddp=self.dist.enabled, scan_bf16=self.scan_bf16,
-                                   triton_scans=self.triton_scans,
+                                   triton_scans=self.triton_scans, cuda_graphs=self.cuda_graphs,
                                    params=self.model.parameters())
             self.scheduler.step()
             self.step += 1

@@ -102,6 +102,22 @@ def test_siamese_batched_encoder_equals_two_passes(micro_cfg):
         assert torch.allclose(j[:2], s, atol=1e-5)
 
 
+def test_training_depthwise_convs_read_channels_last_contiguous_maps(micro_cfg):
+    """Every depthwise conv of a training forward gets its map channels-last contiguous, as cuDNN takes it: a strided
+    view (such as a chunk of one in-projection) is copied by the conv in the forward and again in its backward."""
+    model = build_sigma(micro_cfg).train()
+    seen = []
+
+    def check(conv, args):
+        seen.append(args[0].is_contiguous(memory_format=torch.channels_last) or args[0].is_contiguous())
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d) and m.groups > 1:
+            m.register_forward_pre_hook(check)
+    model(torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)).sum().backward()
+    assert len(seen) >= 10 and all(seen), seen
+
+
 def test_inference_copy_runs_the_head_as_an_aligned_gemm(micro_cfg):
     """The fast path's copy pads the 1x1 head to 16 output rows for an aligned GEMM: same logits, same shape."""
     from sigma_ros.model.fast import inference_copy

@@ -351,7 +351,9 @@ class SS2D(SSMParams):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C) -> (B, H, W, C)
         if fused_scan_applies(x, self.d_state):
             return self._forward_fused(x)
-        x, z = self.in_proj(x).chunk(2, dim=-1)
+        # x and z from separate GEMMs: a chunk of one product would reach the conv as a strided view, which cuDNN
+        # (eagerly and under torch.compile) copies to a contiguous one in the forward and again in the backward
+        x, z = F.linear(x, self.in_proj.weight[:self.d_inner]), F.linear(x, self.in_proj.weight[self.d_inner:])
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
         if _triton_scan_trains(x, self.d_state):  # the fused path's scan layout, with torch's ops around it
             b, d, h, w = x.shape

@@ -63,7 +63,12 @@ def main() -> int:
     ap.add_argument("--size", default="480x640")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--top", type=int, default=15, help="how many op kinds and single tensors to list")
+    ap.add_argument("--memory-budget", type=float, default=1.0,
+                    help="AOTAutograd's activation_memory_budget (below 1: recompute more to keep less) [1.0]")
     args = ap.parse_args()
+    import torch._functorch.config as functorch_config
+
+    functorch_config.activation_memory_budget = args.memory_budget
     if os.environ.get("TRITON_INTERPRET") != "1":  # the CPU tensors take the Triton scans only through it
         print("compiled_activation_memory: run with TRITON_INTERPRET=1 (the trainer's GPU path, the Triton scans, "
               "traces as one graph on the CPU only through Triton's interpreter)", file=sys.stderr)

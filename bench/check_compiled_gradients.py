@@ -5,12 +5,15 @@ capture (``aot_eager``), decomposition and partitioning (``aot_eager_decomp_part
 
     python bench/check_compiled_gradients.py                      # Sigma-T, 480x640, batch 4, high-res ckpt, GPU
     python bench/check_compiled_gradients.py --backends inductor,inductor_nockpt --checkpoint all
+    python bench/check_compiled_gradients.py --backends inductor --drop-path --train-steps 5   # as the trainer
     python bench/check_compiled_gradients.py --cpu-smoke          # micro model, 32x48, CPU: checks the script
 
 Backends: any torch.compile backend, and ``inductor_nopad`` (Inductor without its CUDA stride padding),
 ``inductor_nan_asserts`` (Inductor asserting every kernel's output is finite), ``<backend>_nockpt`` (compiled
 without checkpointing: how far compilation alone moves the gradients). Stochastic depth is off so the gradients
-compare (``--drop-path`` keeps it, and then only finiteness means anything).
+compare (``--drop-path`` keeps it, and then only finiteness means anything). ``--train-steps N`` goes on with N
+AdamW steps (the trainer's optimizer) on the training benchmark's augmented scenes with each compiled model, loss
+and finiteness after each: for a NaN that needs several updates.
 """
 from __future__ import annotations
 
@@ -23,7 +26,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.dirname(__file__))
 from sigma_ros.model import SigmaConfig, build_sigma  # noqa: E402
+from sigma_ros.training.optim import build_optimizer  # noqa: E402
 from sigma_ros.training.step import _scan_switches, enable_activation_checkpointing, segmentation_loss  # noqa: E402
 
 
@@ -35,6 +40,7 @@ def main() -> int:
     ap.add_argument("--size", default="480x640")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--drop-path", action="store_true", help="keep stochastic depth (gradients then differ)")
+    ap.add_argument("--train-steps", type=int, default=0, help="then N optimizer steps per backend (see above)")
     ap.add_argument("--cpu-smoke", action="store_true", help="micro model, 32x48, batch 1, aot_eager, CPU")
     args = ap.parse_args()
     if args.cpu_smoke:
@@ -78,6 +84,27 @@ def main() -> int:
               f"{len(bad)} non-finite {bad[:8]}", flush=True)
         return grads
 
+    def train(m, net, tag):
+        """``args.train_steps`` AdamW steps of the compiled ``net`` (parameters of ``m``) on augmented scenes."""
+        from bench_train import make_batches  # the training benchmark's scenes, through the trainer's augmentation
+
+        opt, _ = build_optimizer(m, 6e-5, 0.01)
+        batches, _ = make_batches(min(4, args.train_steps), args.batch, h, w, 9)
+        for i in range(args.train_steps):
+            rgb_i, x_i, label_i = (t.to(dev) for t in batches[i % len(batches)])
+            with torch.autocast(dev.type, dtype=torch.bfloat16), _scan_switches(gpu, gpu):
+                logits = net(rgb_i, x_i)
+            loss = segmentation_loss(logits, label_i)
+            loss.backward()
+            bad_grads = sum(not torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            bad_params = sum(not torch.isfinite(p).all() for p in m.parameters())
+            print(f"{tag} step {i + 1}: loss {loss.item():.5f}, non-finite gradients {bad_grads}, "
+                  f"parameters {bad_params}", flush=True)
+            if bad_params:
+                break
+
     reference = model("none")
     want = step(reference, reference, "eager")
     del reference
@@ -100,6 +127,9 @@ def main() -> int:
         errors = sorted((((got[n] - v).norm() / (v.norm() + 1e-12)).item(), n) for n, v in want.items() if n in got)
         print(f"  against eager: median relative difference {statistics.median(e for e, _ in errors):.2e}; "
               f"largest {[(round(e, 4), n) for e, n in errors[-3:]]}", flush=True)
+        if args.train_steps:
+            m.zero_grad(set_to_none=True)
+            train(m, net, name)
         del m, net
     return 0
 

@@ -29,15 +29,20 @@ def test_bench_train_rejects_unknown_mode():
 
 def test_check_compiled_gradients_cpu_smoke():
     """bench/check_compiled_gradients.py on the micro model: every gradient finite, and the compiled step's gradients
-    are the same with and without high-res checkpointing (both measured against eager)."""
+    are the same with and without high-res checkpointing (both measured against eager), and so are two further
+    optimizer steps of each (--train-steps)."""
     script = BENCH.parent / "check_compiled_gradients.py"
-    p = subprocess.run([sys.executable, str(script), "--cpu-smoke"], capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, str(script), "--cpu-smoke", "--train-steps", "2"], capture_output=True,
+                       text=True, timeout=600)
     assert p.returncode == 0, p.stdout + p.stderr
     steps = [line for line in p.stdout.splitlines() if " gradients, " in line]
     assert len(steps) == 6 and all(" 0 non-finite" in line for line in steps), p.stdout
     medians = [float(line.split("median relative difference ")[1].split(";")[0])
                for line in p.stdout.splitlines() if "against eager" in line]
     assert len(medians) == 2 and medians[0] == medians[1] < 0.05, p.stdout
+    trained = [line.split(": ", 1)[1] for line in p.stdout.splitlines() if " step " in line]
+    assert len(trained) == 4 and trained[:2] == trained[2:], p.stdout
+    assert all(line.endswith("non-finite gradients 0, parameters 0") for line in trained), p.stdout
 
 
 def test_compiled_activation_memory_cpu_run():

@@ -95,6 +95,16 @@ def _triton_scan_trains(u: torch.Tensor, d_state: int) -> bool:
     return triton_scan.runs_on(u) and triton_scan.supports(d_state)
 
 
+def _triton_head_trains(x: torch.Tensor) -> bool:
+    """The same switch makes the decoder's last norm and its classifier one op (``ops.triton_head``), which keeps
+    one full-resolution map for the backward instead of two."""
+    if not _training_scans or not torch.is_grad_enabled():
+        return False
+    from ..ops import triton_head
+
+    return triton_head.runs_on(x)
+
+
 # ... and its LayerNorms to one Triton kernel each (``ops.triton_norm``, see :class:`LayerNorm`), as well as the
 # decoder's up-sampling (with the norm that follows, ``ops.triton_upsample``) and pooling (``ops.triton_pool``).
 _fused_norms = False
@@ -770,8 +780,8 @@ class FinalUpsampleX4(nn.Module):
         self.linear2 = nn.Linear(dim, dim, bias=False)
         self.norm = LayerNorm(dim, feeds_matmul=True)  # into the 1x1 output conv
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _upsample2x(self.linear2(_upsample2x(self.linear1(x))), self.norm)
+    def forward(self, x: torch.Tensor, normalise: bool = True) -> torch.Tensor:
+        return _upsample2x(self.linear2(_upsample2x(self.linear1(x))), self.norm if normalise else None)
 
 
 class MambaUp(nn.Module):
@@ -811,6 +821,10 @@ class MambaDecoder(nn.Module):
                 y = F.interpolate(y.permute(0, 3, 1, 2), size=skip.shape[1:3], mode="bilinear", align_corners=False)
                 y = y.permute(0, 2, 3, 1)
             y = self.layers_up[k](y + skip)
+        if self._head is None and _triton_head_trains(y):  # training: the last norm and the classifier as one op
+            from ..ops import triton_head
+
+            return triton_head.norm_head(self.up(self.norm_up(y), normalise=False), self.up.norm, self.output)
         y = self.up(self.norm_up(y))
         if self._head is not None:  # the inference copy: one GEMM into 16-aligned rows, classes sliced out
             return F.linear(y, self._head)[..., :self.output.out_channels].permute(0, 3, 1, 2)

@@ -139,7 +139,8 @@ def run_mode(name: str, args, dist_info, device, batches) -> dict:
         "step_ms_median": round(1000 * med, 2), "step_ms_mean": round(1000 * statistics.mean(times), 2),
         "images_per_s": round(per_rank * dist_info.world_size / med, 2),
         "peak_mem_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if device.type == "cuda" else None,
-        "peak_reserved_gib": round(torch.cuda.max_memory_reserved(device) / 2**30, 2) if device.type == "cuda" else None,
+        "peak_reserved_gib": (round(torch.cuda.max_memory_reserved(device) / 2**30, 2) if device.type == "cuda"
+                              else None),
         "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
         "first_step_s": round(first_step_s, 1),
         "optimised_params": info["optimised_params"], "official_param_groups": args.official_param_groups,

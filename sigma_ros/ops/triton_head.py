@@ -51,7 +51,7 @@ if triton is not None:
 
     @triton.jit
     def _norm_head_kernel(x_ptr, gamma_ptr, beta_ptr, w_ptr, out_ptr, P, C, K, eps, BLOCK_P: tl.constexpr,
-                          BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                          BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, FLOAT32_DOT: tl.constexpr):
         """One program: the logits of BLOCK_P pixels."""
         offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_c, offs_k = tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_K)
@@ -63,14 +63,14 @@ if triton is not None:
         y = (x_hat * gamma[None, :] + beta[None, :]).to(dtype)
         w_t = tl.load(w_ptr + offs_k[None, :] * C + offs_c[:, None], mask=mask_c[:, None] & mask_k[None, :],
                       other=0.0).to(dtype)  # (BLOCK_C, BLOCK_K)
-        logits = _dot(y, w_t, IEEE)
+        logits = _dot(y, w_t, FLOAT32_DOT)
         tl.store(out_ptr + offs_p[:, None] * K + offs_k[None, :], logits.to(dtype),
                  mask=mask_p[:, None] & mask_k[None, :])
 
     @triton.jit
     def _norm_head_backward_kernel(x_ptr, gamma_ptr, beta_ptr, w_ptr, g_ptr, dx_ptr, dgamma_ptr, dbeta_ptr, dw_ptr,
                                    P, PIXELS_PER_IMAGE, C, K, eps, sg_b, sg_p, sg_k, BLOCK_P: tl.constexpr,
-                                   BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+                                   BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, FLOAT32_DOT: tl.constexpr):
         """Persistent programs over blocks of BLOCK_P pixels: dx of each block, and the parameter gradients summed
         over all of a program's blocks, added once at its end."""
         offs_c, offs_k = tl.arange(0, BLOCK_C), tl.arange(0, BLOCK_K)
@@ -91,8 +91,8 @@ if triton is not None:
             g_at = (offs_p // PIXELS_PER_IMAGE) * sg_b + (offs_p % PIXELS_PER_IMAGE) * sg_p
             g = tl.load(g_ptr + g_at[:, None] + offs_k[None, :] * sg_k, mask=mask_p[:, None] & mask_k[None, :],
                         other=0.0).to(dtype)  # (BLOCK_P, BLOCK_K)
-            dy = _dot(g, w, IEEE)
-            dw += _dot(tl.trans(g), y, IEEE)
+            dy = _dot(g, w, FLOAT32_DOT)
+            dw += _dot(tl.trans(g), y, FLOAT32_DOT)
             dgamma += tl.sum(dy * x_hat, axis=0)
             dbeta += tl.sum(dy, axis=0)
             dx_hat = dy * gamma[None, :]
@@ -122,7 +122,7 @@ def norm_head_op(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, weigh
     block_c, block_k = _blocks(channels, classes)
     _norm_head_kernel[(triton.cdiv(pixels, _FORWARD_PIXELS),)](
         x, gamma, beta, weight, out, pixels, channels, classes, eps, BLOCK_P=_FORWARD_PIXELS, BLOCK_C=block_c,
-        BLOCK_K=block_k, IEEE=x.dtype == torch.float32 or _INTERPRETED, num_warps=4)
+        BLOCK_K=block_k, FLOAT32_DOT=x.dtype == torch.float32 or _INTERPRETED, num_warps=4)
     return out
 
 
@@ -151,7 +151,7 @@ def norm_head_backward_op(g: torch.Tensor, x: torch.Tensor, gamma: torch.Tensor,
     _norm_head_backward_kernel[(min(blocks, 4 * sms),)](
         x, gamma, beta, weight, g, dx, dgamma, dbeta, dweight, pixels, height * width, channels, classes, eps,
         g.stride(0), g.stride(2), g.stride(3), BLOCK_P=_BACKWARD_PIXELS, BLOCK_C=block_c, BLOCK_K=block_k,
-        IEEE=x.dtype == torch.float32 or _INTERPRETED, num_warps=4)
+        FLOAT32_DOT=x.dtype == torch.float32 or _INTERPRETED, num_warps=4)
     return dx, dgamma.to(gamma.dtype), dbeta.to(beta.dtype), dweight.to(weight.dtype)
 
 

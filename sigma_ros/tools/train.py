@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="under bf16 autocast, feed the selective scans bf16 inputs (fp32 state; faster, less "
                         "memory) [on for CUDA]")
     p.add_argument("--triton-scans", action=argparse.BooleanOptionalAction, default=None,
-                   help="GPU: the fused Triton scan and its backward instead of mamba-ssm's kernels [on for CUDA]")
+                   help="GPU: the fused Triton scan and its backward instead of mamba-ssm's kernels, and the "
+                        "decoder's last norm and classifier as one Triton op [on for CUDA]")
     p.add_argument("--activation-checkpointing", nargs="?", const="all", choices=["all", "high-res", "none"],
                    default=None,
                    help="recompute block activations in backward: 'all' blocks (the default when given without a "

@@ -54,7 +54,8 @@ class TrainConfig:
     # under autocast, feed the selective scans bf16 inputs (state stays fp32); default on for CUDA
     scan_bf16: bool | None = None
     # GPU: the fused Triton scan and its backward (ops.triton_scan_backward) instead of mamba-ssm's kernels on
-    # flipped copies; default on for CUDA (1.52x eager, 1.31x compiled, less memory on an H100: bench/RESULTS.md)
+    # flipped copies, and the decoder's last norm and classifier as one op (ops.triton_head); default on for CUDA
+    # (1.52x eager, 1.31x compiled, less memory on an H100: bench/RESULTS.md)
     triton_scans: bool | None = None
     # recompute block activations in backward: "all" blocks (far less memory, ~1 extra forward) or "high-res" ones
     # (the first stage's resolution: most of the memory for a fraction of the recomputation); true means "all"

@@ -135,6 +135,21 @@ def test_scan_op_trains_through_autograd_and_its_fake_matches(kernel):
     torch.library.opcheck(kernel.scan_directions_op, (*leaves, True, False))
 
 
+@pytest.mark.parametrize("a_transposed", [False, True])
+def test_backward_op_gives_da_the_layout_of_a(backward, a_transposed):
+    """dA comes back laid out as A: stored transposed when A is (the model's A, which the kernels read (N, K*D);
+    then no copy), contiguous otherwise; its fake tensors agree (opcheck)."""
+    g = torch.Generator().manual_seed(11)
+    u, delta, a, b, c, d, bias = _inputs(g, 1, 2, True, 5, 24, 4)
+    if a_transposed:
+        a = a.t().contiguous().t()
+    gy = torch.randn(1, 2, 5, 24, generator=g).to(DEVICE)
+    args = (gy, u, delta, a, b, c, d, bias, True, 0)
+    da = backward.scan_directions_backward_op(*args)[2]
+    assert da.stride() == a.stride() and da.t().is_contiguous() == a_transposed
+    torch.library.opcheck(backward.scan_directions_backward_op, args)
+
+
 @pytest.mark.parametrize("seq_len", [24, 140])  # one segment; three of 64 steps (cut as the backward cuts them)
 def test_training_op_hands_its_summaries_to_the_backward(kernel, backward, monkeypatch, seq_len):
     """``scan_directions_train_op`` keeps its first pass's segment summaries for the backward, which then skips that

@@ -343,7 +343,9 @@ def scan_directions_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.
     summaries = (h_seg, dt_seg) if h_seg is not None and dt_seg is not None else None
     du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward(gy, u, delta, A, B, C, D, delta_bias, bidirectional,
                                                                  map_height, summaries=summaries, input_dtypes=False)
-    return du, ddelta, dA.contiguous(), dB, dC, dD.to(D.dtype), dbias.to(delta_bias.dtype)
+    # dA comes stored transposed, as the model stores A (the kernels read both (N, K*D)): then no copy
+    dA = dA if dA.stride() == A.stride() else dA.contiguous()
+    return du, ddelta, dA, dB, dC, dD.to(D.dtype), dbias.to(delta_bias.dtype)
 
 
 @scan_directions_backward_op.register_fake
@@ -352,7 +354,8 @@ def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height, h_seg=Non
     channels_last = u.stride(-2) == 1 and u.stride(-1) != 1
     du = triton_scan._output(u, False, channels_last)
     d_bc = B.new_empty((batch, k_dirs, seq_len, d_state), dtype=torch.float32).transpose(-1, -2)
-    return (du, torch.empty_like(delta), A.new_empty(A.shape), d_bc, torch.empty_like(d_bc),
+    d_a = torch.empty_like(A) if A.t().is_contiguous() else A.new_empty(A.shape)  # as the op: transposed or not
+    return (du, torch.empty_like(delta), d_a, d_bc, torch.empty_like(d_bc),
             D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape))
 
 

@@ -258,7 +258,8 @@ def pick_backward_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) 
     - d_state 4 (fusion and decoder blocks): chunks of 16 steps, 16 programs a multiprocessor. The sweep (ninth
       session, H100, Sigma-T at batch 8) reached four of its calls: this is the best for two (the first stage's
       ConMB scan, 10.1 -> 6.4 ms, and the second stage's CroMB scans, 28 % faster); the best for the other two
-      also had chunks of 16, with 64 channels a warp (12 and 38 % faster), where this rule was not timed."""
+      also had chunks of 16, with 64 channels a warp (12 and 38 % faster). Timed as the default (tenth session):
+      the ConMB call's forward + backward 12.1 -> 8.6 ms; the other d_state-4 calls within 3 % or faster."""
     sms = triton_scan._multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 4
     chunk, per_sm = (max(4, 128 // d_state), 8) if d_state >= 8 else (16, 16)
     block_d = 32
@@ -343,8 +344,7 @@ def scan_directions_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.
     summaries = (h_seg, dt_seg) if h_seg is not None and dt_seg is not None else None
     du, ddelta, dA, dB, dC, dD, dbias = scan_directions_backward(gy, u, delta, A, B, C, D, delta_bias, bidirectional,
                                                                  map_height, summaries=summaries, input_dtypes=False)
-    # dA comes stored transposed, as the model stores A (the kernels read both (N, K*D)): then no copy
-    dA = dA if dA.stride() == A.stride() else dA.contiguous()
+    dA = dA if _transposed(A) else dA.contiguous()  # dA comes stored transposed (N, K*D), as the kernels write it
     return du, ddelta, dA, dB, dC, dD.to(D.dtype), dbias.to(delta_bias.dtype)
 
 
@@ -354,9 +354,15 @@ def _(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height, h_seg=Non
     channels_last = u.stride(-2) == 1 and u.stride(-1) != 1
     du = triton_scan._output(u, False, channels_last)
     d_bc = B.new_empty((batch, k_dirs, seq_len, d_state), dtype=torch.float32).transpose(-1, -2)
-    d_a = torch.empty_like(A) if A.t().is_contiguous() else A.new_empty(A.shape)  # as the op: transposed or not
+    d_a = torch.empty_like(A) if _transposed(A) else A.new_empty(A.shape)
     return (du, torch.empty_like(delta), d_a, d_bc, torch.empty_like(d_bc),
             D.new_empty(D.shape), delta_bias.new_empty(delta_bias.shape))
+
+
+def _transposed(A: torch.Tensor) -> bool:
+    """Whether A (K*D, N) is stored transposed, as the model stores it: then dA is returned so too, without a copy
+    (the kernels read A and write dA as (N, K*D)); otherwise contiguous."""
+    return A.t().is_contiguous()
 
 
 def _setup_context(ctx, inputs, output):

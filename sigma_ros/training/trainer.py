@@ -292,9 +292,9 @@ class Trainer:
         self.compiled = cfg.compile if cfg.compile is not None else on_gpu
         if self.compiled and cfg.checkpointing:
             # Measured on the GPU: with the checkpoints traced into the graph the loss went NaN within ten steps (an
-            # H200 and an H100), though one step's gradients are finite at every compile stage
-            # (bench/check_compiled_gradients.py). Until that is explained, checkpointing (memory) wins over
-            # compile (speed).
+            # H200 and an H100, again after the saved-tensors fix), though one step's gradients are finite at every
+            # compile stage (bench/check_compiled_gradients.py) and five steps through aot_eager stay finite: it
+            # needs Inductor's GPU code. Until that is explained, checkpointing (memory) wins over compile (speed).
             self.log("note: torch.compile is off: it does not combine with activation checkpointing yet")
             self.compiled = False
         self.cuda_graphs = bool(cfg.cuda_graphs) and self.compiled

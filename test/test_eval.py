@@ -238,7 +238,8 @@ def test_eval_command_json_matches_direct_computation(tiny_dataset, syn_checkpoi
     from sigma_ros.cli import main
 
     out = tmp_path / "m.json"
-    rc = main(["eval", "--checkpoint", str(syn_checkpoint), "--data", str(tiny_dataset), "--json", str(out)])
+    rc = main(["eval", "--checkpoint", str(syn_checkpoint), "--data", str(tiny_dataset), "--json", str(out),
+               "--device", "cpu"])  # the same device as _direct_confusion: its pixels must agree exactly
     assert rc == 0
     doc = json.loads(out.read_text())
     cm = np.array(doc["confusion_matrix"])
@@ -255,7 +256,8 @@ def test_eval_command_multiscale_flip_sliding(tiny_dataset, syn_checkpoint, tmp_
 
     out = tmp_path / "ms.json"
     rc = main(["eval", "--checkpoint", str(syn_checkpoint), "--data", str(tiny_dataset), "--json", str(out),
-               "--multi-scale", "0.75,1,1.25", "--flip", "--sliding", "--confusion-png", str(tmp_path / "c.png")])
+               "--device", "cpu", "--multi-scale", "0.75,1,1.25", "--flip", "--sliding",
+               "--confusion-png", str(tmp_path / "c.png")])
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["scales"] == [0.75, 1.0, 1.25] and doc["flip"] and doc["crop"] == [32, 48]

@@ -377,6 +377,8 @@ def fresh_mamba(monkeypatch):
     """Isolate mamba_ssm imports: our cached state and sys.modules entries are restored afterwards."""
     monkeypatch.setattr(ss, "_mamba_state", None)
     saved = {k: v for k, v in sys.modules.items() if k.startswith("mamba_ssm")}
+    for k in saved:  # a real mamba-ssm imported earlier must not answer for the fake
+        del sys.modules[k]
     yield
     for k in [k for k in sys.modules if k.startswith("mamba_ssm")]:
         del sys.modules[k]
@@ -396,6 +398,7 @@ def test_mamba_import_skips_a_broken_package_init(tmp_path, monkeypatch, fresh_m
 def test_mamba_without_cuda_extension_explains_why(tmp_path, monkeypatch, fresh_mamba):
     _write_fake_mamba(tmp_path, "", "import selective_scan_cuda\ndef selective_scan_fn(*a):\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", None)  # missing, also where a real build is installed
     fn, reason, _ = ss._load_mamba()
     assert fn is None
     assert "selective_scan_cuda" in reason and "MAMBA_KEEP_CUDA_BUILD" in reason

@@ -26,8 +26,9 @@ def syn(tmp_path_factory):
 
 
 def _cfg(data, out, **kw) -> TrainConfig:
+    """A micro run on the CPU, also on a GPU machine: these tests compare exact weights and the CPU's messages."""
     base = dict(data=str(data), out=str(out), variant="micro", batch_size=2, crop=(H, W), lr=1e-3, warmup_steps=2,
-                log_every=2, progress=False, tensorboard=False, workers=0)
+                log_every=2, progress=False, tensorboard=False, workers=0, device="cpu")
     base.update(kw)
     return TrainConfig(**base)
 

@@ -19,6 +19,13 @@ def head(triton_ops):
     return triton_ops("triton_head")
 
 
+@pytest.fixture(autouse=True)
+def _exact_float32_convs():
+    """cuDNN multiplies float32 in TF32 on GPUs by default (10-bit mantissas): the reference convs must not."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=False):
+        yield
+
+
 def _layers(channels, classes, seed):
     torch.manual_seed(seed)
     norm = torch.nn.LayerNorm(channels).to(DEVICE)

@@ -7,7 +7,8 @@ Records every scan call a batch-1 forward makes (shape, directions, d_state), th
 unfused path (cat/flip copies + mamba-ssm's kernel + flip back, as the model ran before the fused kernel) and the
 fused kernel on random bf16 inputs of that shape, each replayed as a CUDA graph: on plain and channels-last copies,
 and on the layout the model hands it ("model layout": SS2D's one row-major tensor read in both orders, the other
-blocks' channels-last tokens; also with B and C in float32). Reports the error of the fused kernel against the
+blocks' channels-last tokens, and the step sizes ready, bias and softplus taken by ``ops.triton_delta``; also with
+bias and softplus left to the kernel, as before that op). Reports the error of the fused kernel against the
 unfused fp32 path, and per forward the summed scan time. ``--sweep`` also times a grid of (BLOCK_D, segments,
 num_warps, steps) per call, on the model's layout, to tune ``ops.triton_scan.pick_config``. ``--golden`` checks the
 authors' golden case A through the fast fp32 path with fused scans. ``--compare-with`` also times another version
@@ -83,27 +84,34 @@ def make_inputs(shape, k, n, dtype, dev, seed=0):
             -torch.exp(rand(k * d, n).clamp(-2, 2)), bc[:, :, :n], bc[:, :, n:], rand(k * d), 0.5 * rand(k * d))
 
 
-def channels_last(inputs, bc_dtype=None):
+def channels_last(inputs):
     """The same values stored (batch, ..., L, dim/N), as channels-last activations give: B and C stay views of one
-    (batch, K, L, 2N) tensor, as the model's projection makes them (in ``bc_dtype``, if given)."""
+    (batch, K, L, 2N) tensor, as the model's projection makes them."""
     u, delta, a, b, c, d, bias = inputs
     u, delta = (t.transpose(-1, -2).contiguous().transpose(-1, -2) for t in (u, delta))
-    bc = torch.cat([b, c], dim=2).to(bc_dtype or b.dtype).transpose(-1, -2).contiguous().transpose(-1, -2)
+    bc = torch.cat([b, c], dim=2).transpose(-1, -2).contiguous().transpose(-1, -2)
     return u, delta, a, bc[:, :, :b.shape[2]], bc[:, :, b.shape[2]:], d, bias
 
 
-def map_layout(shape, k, n, dtype, dev, bc_dtype=None):
+def map_layout(shape, k, n, dtype, dev):
     """SS2D's inputs as the model passes them (``map_height``): one row-major token tensor for both orders,
-    dt and [B, C] of every direction at row-major positions, as the projection GEMMs write them (B and C in
-    ``bc_dtype`` if given)."""
+    dt and [B, C] of every direction at row-major positions, as the projection GEMMs write them."""
     b, g, d, seq_len = shape
     gen = torch.Generator(device=dev).manual_seed(0)
     rand = lambda *s: torch.randn(*s, device=dev, generator=gen)  # noqa: E731
     x = rand(b, seq_len, d).to(dtype)
     dt = (0.5 * rand(b, seq_len, k, d) - 1).to(dtype).permute(0, 2, 3, 1)
-    bc = rand(b, seq_len, k, 2 * n).to(bc_dtype or dtype).permute(0, 2, 3, 1)
+    bc = rand(b, seq_len, k, 2 * n).to(dtype).permute(0, 2, 3, 1)
     return (x.transpose(1, 2)[:, None].expand(b, g, d, seq_len), dt, -torch.exp(rand(k * d, n).clamp(-2, 2)),
             bc[:, :, :n], bc[:, :, n:], rand(k * d), 0.5 * rand(k * d))
+
+
+def steps_ready(inputs):
+    """The same call with the step sizes computed beforehand, as ``ops.triton_delta`` hands them to the model's scans
+    (softplus(delta + bias), stored like delta), and no bias left for the kernel."""
+    u, delta, a, b, c, d, bias = inputs
+    steps = torch.nn.functional.softplus(delta.float() + bias.view(1, delta.shape[1], -1, 1))
+    return u, torch.empty_like(delta).copy_(steps), a, b, c, d, None
 
 
 def load_module(path: str):
@@ -178,7 +186,7 @@ def main() -> int:
     model = build_sigma(SigmaConfig.from_variant(args.variant, num_classes=9)).to(dev).eval()
     calls = record_calls(model, torch.randn(1, 3, h, w, device=dev), torch.randn(1, 3, h, w, device=dev))
     del model
-    total_unfused = total_fused = total_best = total_other = total_model = total_fp32_bc = 0.0
+    total_unfused = total_fused = total_best = total_other = total_model = total_softplus = 0.0
     print(f"\n{'u shape':22} {'K':>2} {'N':>2} {'calls':>5} {'unfused':>9} {'fused':>9} {'ch-last':>9} {'rel err':>8}  "
           + ("compared (model layout)  " if other else "") + "config (BLOCK_D, segments, warps, steps)")
     deadline = time.perf_counter() + args.sweep_budget_s
@@ -193,29 +201,28 @@ def main() -> int:
             last = channels_last(inputs)
             t_fused_last = graph_ms(lambda: triton_scan.scan_directions(*last, bidirectional, channels_last=True))
             # as the model calls the kernel: SS2D reads both orders of one row-major tensor (map_height), the
-            # other blocks channels-last tokens; also with B and C in float32 (no conversions in the kernel, but
-            # one more GEMM a call in the model)
+            # other blocks channels-last tokens; the step sizes ready; also with the kernel's own softplus
             height = next((h // 2**s for s in range(2, 6) if (h // 2**s) * (w // 2**s) == shape[3]), None)
             if shape[1] == 2 and bidirectional and height:
-                model_in = map_layout(shape, k, n, torch.bfloat16, dev)
-                fp32_bc_in = map_layout(shape, k, n, torch.bfloat16, dev, torch.float32)
+                softplus_in = map_layout(shape, k, n, torch.bfloat16, dev)
             else:
                 height = 0
-                model_in, fp32_bc_in = last, channels_last(inputs, torch.float32)
+                softplus_in = last
+            model_in = steps_ready(softplus_in)
             model_ms = graph_ms(lambda: triton_scan.scan_directions(*model_in, bidirectional, channels_last=True,
                                                                     map_height=height))
-            fp32_bc_ms = graph_ms(lambda: triton_scan.scan_directions(*fp32_bc_in, bidirectional,
-                                                                      channels_last=True, map_height=height))
+            softplus_ms = graph_ms(lambda: triton_scan.scan_directions(*softplus_in, bidirectional,
+                                                                       channels_last=True, map_height=height))
             if other is not None:
                 other_out = other.scan_directions(*last, bidirectional, channels_last=True)
                 other_err = ((other_out - reference.float()).norm() / reference.float().norm()).item()
-                t_other = graph_ms(lambda: other.scan_directions(*model_in, bidirectional, channels_last=True,
+                t_other = graph_ms(lambda: other.scan_directions(*softplus_in, bidirectional, channels_last=True,
                                                                  map_height=height))
         config = triton_scan.pick_config(shape[0] * k, shape[2], shape[3], n)
         row = {"u_shape": shape, "directions": k, "d_state": n, "bidirectional": bidirectional, "calls": count,
                "unfused_ms": t_unfused, "fused_ms": t_fused, "fused_channels_last_ms": t_fused_last,
                "fused_rel_err": err, "config": config, "model_layout_ms": model_ms,
-               "model_layout_fp32_bc_ms": fp32_bc_ms, "map_height": height}
+               "model_layout_softplus_in_kernel_ms": softplus_ms, "map_height": height}
         if other is not None:
             row.update(compared_ms=t_other, compared_rel_err=other_err)
             total_other += count * t_other
@@ -242,19 +249,21 @@ def main() -> int:
         total_unfused += count * t_unfused
         total_fused += count * t_fused
         total_model += count * model_ms
-        total_fp32_bc += count * fp32_bc_ms
+        total_softplus += count * softplus_ms
         out["calls"].append(row)
         print(f"{str(shape):22} {k:2d} {n:2d} {count:5d} {t_unfused:7.3f}ms {t_fused:7.3f}ms {t_fused_last:7.3f}ms "
               f"{err:8.1e}  " + (f"{t_other:7.3f}ms {other_err:7.1e}  " if other else "") + f"{row['config']}"
-              + f"  model layout {model_ms:.3f}ms (fp32 B/C {fp32_bc_ms:.3f}ms)"
+              + f"  model layout {model_ms:.3f}ms (softplus in the kernel {softplus_ms:.3f}ms)"
               + (f"  best {row['best_config']} {row['best_ms']:.3f}ms" if "best_ms" in row else ""), flush=True)
     out.update(scan_ms_per_forward_unfused=total_unfused, scan_ms_per_forward_fused=total_fused,
-               scan_ms_per_forward_model_layout=total_model, scan_ms_per_forward_model_layout_fp32_bc=total_fp32_bc)
+               scan_ms_per_forward_model_layout=total_model,
+               scan_ms_per_forward_model_layout_softplus_in_kernel=total_softplus)
     if other is not None:
         out["scan_ms_per_forward_compared"] = total_other
         print(f"per forward, the compared module ({args.compare_with}) at its defaults, on the model's layout: "
               f"{total_other:.2f} ms")
-    print(f"per forward, as the model calls the kernel: {total_model:.2f} ms ({total_fp32_bc:.2f} ms with float32 B/C)")
+    print(f"per forward, as the model calls the kernel: {total_model:.2f} ms ({total_softplus:.2f} ms with the "
+          "softplus in the kernel)")
     print(f"\nper Sigma-{args.variant} forward: unfused scans {total_unfused:.2f} ms, fused {total_fused:.2f} ms, "
           f"fused at the best layout/config measured {total_best:.2f} ms")
     out["scan_ms_per_forward_best"] = total_best

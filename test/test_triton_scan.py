@@ -103,6 +103,21 @@ def test_fused_scan_reads_column_order_in_place(kernel, batch, height, width, di
         kernel.scan_directions(*args, True, map_height=height + 1)
 
 
+def test_first_pass_zeroes_the_outputs_twin_directions_add_onto(kernel, monkeypatch):
+    """With segments, no fill runs before the kernel: its first pass zeroes what the second adds twins onto. NaN
+    in every output buffer the kernel is to zero itself leaves the results unchanged: SS2D's column twins over
+    three segments and a short last one, ConMB's reversed twin over seven."""
+    original = kernel._output
+
+    def poisoned(u, zeroed, channels_last):
+        y = original(u, zeroed, channels_last)
+        return y if zeroed else y.fill_(float("nan"))
+
+    monkeypatch.setattr(kernel, "_output", poisoned)
+    test_fused_scan_reads_column_order_in_place(kernel, 1, 13, 37, 2)
+    test_fused_scan_equals_flipped_copies(kernel, 1, True, 5, 50, 4, (2, 7, 1, 1))
+
+
 def test_fused_scan_takes_half_precision_inputs(kernel):
     g = torch.Generator().manual_seed(1)
     args = _inputs(g, 1, 2, True, 4, 40, 16, dtype=torch.bfloat16)
@@ -110,6 +125,17 @@ def test_fused_scan_takes_half_precision_inputs(kernel):
     fused = kernel.scan_directions(u, *args[1:], True, config=(2, 4, 1, 2))
     unfused = scan_directions(u.float(), *(t.float() for t in args[1:]), True)
     assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5  # same bf16 values, fp32 math
+
+
+def test_fused_scan_takes_step_sizes_as_they_come_without_a_bias(kernel):
+    """delta_bias=None: delta is already softplus(dt + bias) (ops.triton_delta), and the kernel adds and takes
+    nothing; the summary pass's summed dt and the reversed twins see the same step sizes."""
+    g = torch.Generator().manual_seed(6)
+    u, delta, a, b, c, d, bias = _inputs(g, 2, 2, True, 5, 33, 4)
+    steps = torch.nn.functional.softplus(delta + bias.view(1, 4, 5, 1))
+    with_bias = kernel.scan_directions(u, delta, a, b, c, d, bias, True, config=(4, 3, 1, 2))
+    without = kernel.scan_directions(u, steps, a, b, c, d, None, True, config=(4, 3, 1, 2))
+    assert ((without - with_bias).norm() / with_bias.norm()).item() < 1e-6
 
 
 @pytest.mark.parametrize("low,high", [(-12, -3), (-3, 20), (20, 24)])

@@ -158,6 +158,7 @@ def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, chann
 
     u (batch, G, dim, L); delta (batch, K, dim, L), B and C (batch, K, N, L) in base order; A (K*dim, N);
     D, delta_bias (K*dim,). K = G, or 2G when ``bidirectional`` (direction k >= G scans u[:, k - G] reversed).
+    ``delta_bias`` None (fused kernel only): delta is the step size itself, bias and softplus already taken.
     Returns (batch, G, dim, L); stored (batch, G, L, dim) when ``channels_last`` and the fused kernel runs.
     """
     if fused_scan_applies(u, A.shape[1]):
@@ -285,14 +286,17 @@ class SSMParams(nn.Module):
             x, p = x.float(), p.float()  # (casting whole tensors keeps the views' layouts)
         bcs = p[:, k * r:k * (r + 2 * n)].view(b, seq_len, k, 2 * n).permute(0, 2, 3, 1)  # (B, K, 2N, L) view
         u = x.transpose(1, 2)[:, None].expand(b, 2 if map_height else 1, d, seq_len)
-        consts = a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), self.dt_projs_bias.reshape(-1).float(), True
+        bias = self.dt_projs_bias.reshape(-1).float()
         if training:  # delta recomputed from dt_low in the backward, not saved
             from ..ops import triton_scan_backward
 
-            y = triton_scan_backward.scan_directions_train_projected(u, dt_low, dt_proj, *consts, map_height)
+            y = triton_scan_backward.scan_directions_train_projected(
+                u, dt_low, dt_proj, a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), bias, True, map_height)
         else:
-            dts = F.linear(dt_low, dt_proj).view(b, seq_len, k, d).permute(0, 2, 3, 1)  # (B, K, D, L) view
-            y = triton_scan.scan_directions_op(u, dts, *consts, True, map_height)
+            dts, bias = _step_sizes(dt_low, dt_proj, bias, k)
+            y = triton_scan.scan_directions_op(u, dts.view(b, seq_len, k, d).permute(0, 2, 3, 1),  # (B, K, D, L)
+                                               a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), bias, True, True,
+                                               map_height)
         return y.transpose(-1, -2)
 
     _frozen: tuple | None = None
@@ -320,6 +324,18 @@ class SSMParams(nn.Module):
         self._frozen = None
         with torch.no_grad():
             self._frozen = self._fused_constants(dtype)
+
+
+def _step_sizes(dt_low: torch.Tensor, dt_proj: torch.Tensor, bias: torch.Tensor, directions: int
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The fused scan's delta (tokens, K * D) and the bias it still has to add: on the fast path the step sizes
+    themselves from ``ops.triton_delta`` (bias and softplus taken there, once, so None), else the dt projection's
+    GEMM, leaving bias and softplus to the scan. ``dt_proj`` is block-diagonal over the K directions."""
+    from ..ops import triton_delta
+
+    if triton_delta.runs_on(dt_low):
+        return triton_delta.step_sizes(dt_low, dt_proj.to(dt_low.dtype), bias, directions).flatten(1), None
+    return F.linear(dt_low, dt_proj), bias
 
 
 def _kernel_a(a_log: torch.Tensor) -> torch.Tensor:
@@ -497,22 +513,29 @@ class CrossMambaSSM(nn.Module):
             dt_proj.bias.copy_(dt_b)
         return dt_proj
 
-    def _project(self, u: torch.Tensor, i: int):
-        """u (B, D, L) -> dt (B, D, L), B (B, N, L), C (B, N, L) of modality i."""
+    def _project(self, u: torch.Tensor, i: int, fused: bool):
+        """u (B, D, L) -> dt (B, D, L), B (B, N, L), C (B, N, L) of modality i, and the dt bias the scan still adds
+        (None where ``fused``: dt is then the step size itself, see ``_step_sizes``)."""
         weight, u_t = getattr(self, f"x_proj_{i}").weight, u.transpose(1, 2)
-        dt = F.linear(F.linear(u_t, weight[:self.dt_rank]), getattr(self, f"dt_proj_{i}").weight)
+        dt_proj = getattr(self, f"dt_proj_{i}")
+        dt_low = F.linear(u_t, weight[:self.dt_rank])
+        if fused:
+            dt, bias = _step_sizes(dt_low.flatten(0, 1), dt_proj.weight, dt_proj.bias.float(), 1)
+            dt = dt.view(u_t.shape)
+        else:
+            dt, bias = F.linear(dt_low, dt_proj.weight), dt_proj.bias.float()
         b, c = F.linear(u_t, weight[self.dt_rank:]).chunk(2, dim=-1)  # one aligned (B, L, 2N): vector loads
-        return dt.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2)
+        return dt.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), bias
 
     def forward(self, u_rgb: torch.Tensor, u_x: torch.Tensor):  # (B, D, L) each -> (B, L, D) each
-        dt_r, b_r, c_r = self._project(u_rgb, 1)
-        dt_x, b_x, c_x = self._project(u_x, 2)
         last = fused_scan_applies(u_rgb, self.d_state)
+        dt_r, b_r, c_r, bias_r = self._project(u_rgb, 1, last)
+        dt_x, b_x, c_x, bias_x = self._project(u_x, 2, last)
         a_r, a_x = self._kernel_as() if last else (-torch.exp(self.A_log_1.float()), -torch.exp(self.A_log_2.float()))
         y_r = scan_directions(u_rgb[:, None], dt_r[:, None], a_r, b_r[:, None], c_x[:, None], self.D_1.float(),
-                              self.dt_proj_1.bias.float(), False, last)[:, 0]
+                              bias_r, False, last)[:, 0]
         y_x = scan_directions(u_x[:, None], dt_x[:, None], a_x, b_x[:, None], c_r[:, None], self.D_2.float(),
-                              self.dt_proj_2.bias.float(), False, last)[:, 0]
+                              bias_x, False, last)[:, 0]
         return self.out_norm_1(y_r.transpose(1, 2)), self.out_norm_2(y_x.transpose(1, 2))
 
     _frozen: tuple | None = None

@@ -29,7 +29,8 @@ Interface (``scan_directions``):
     delta  (batch, K, dim, L)   per direction, indexed in base order (not reversed)
     A      (K * dim, N) float32 (negative; -exp(A_log))
     B, C   (batch, K, N, L)     per direction, base order; any strides (views of the projection are fine)
-    D, delta_bias (K * dim,)    float32
+    D, delta_bias (K * dim,)    float32; delta_bias None: delta is the step size itself, softplus(dt + bias) already
+                                taken (``ops.triton_delta``), so the kernel takes no softplus
     K = G, or K = 2G with ``bidirectional``: direction k < G scans u[:, k] forwards, k >= G scans u[:, k - G]
     reversed. Returns (batch, G, dim, L) float32: for each base sequence, the sum of its directions' outputs
     (each y = <C, h> + D * u, mamba-ssm semantics with delta_softplus=True).
@@ -118,16 +119,20 @@ if triton is not None:
             return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
     @triton.jit
-    def _step(h, a, bias, u, dt, b, valid, APPROX: tl.constexpr):
-        """h_t = exp(dt A) h_{t-1} + dt B u; a step past the segment's end (valid = False) leaves h as it is."""
-        dt = tl.where(valid, _softplus(dt + bias, APPROX), 0.0)
+    def _step(h, a, bias, u, dt, b, valid, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """h_t = exp(dt A) h_{t-1} + dt B u, dt = softplus(delta + bias) if SOFTPLUS, else delta as it comes; a step
+        past the segment's end (valid = False) leaves h as it is."""
+        if SOFTPLUS:
+            dt = _softplus(dt + bias, APPROX)
+        dt = tl.where(valid, dt, 0.0)
         return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
 
     @triton.jit
     def _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c,
-                 OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, APPROX: tl.constexpr):
-        """One step: the state update, then either the output (second pass) or the dt sum (first pass)."""
-        h, dt = _step(h, a, bias, u, dt, b, valid, APPROX)
+                 OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """One step: the state update, then either the output (second pass) or the dt sum (first pass). With
+        ACCUMULATE the first pass zeroes the outputs that ``mask_d`` marks, for the second to add onto."""
+        h, dt = _step(h, a, bias, u, dt, b, valid, APPROX, SOFTPLUS)
         if OUTPUT:
             y = tl.sum(h * c[:, None], axis=0) + dskip * u
             if ACCUMULATE:
@@ -136,6 +141,8 @@ if triton is not None:
                 tl.store(y_rows + pos * sy_l, y, mask=mask_d & valid)
         else:
             dt_sum += dt
+            if ACCUMULATE:
+                tl.store(y_rows + pos * sy_l, tl.zeros_like(dt), mask=mask_d & valid)
         return h, dt_sum
 
     @triton.jit
@@ -154,11 +161,11 @@ if triton is not None:
 
     @triton.jit
     def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
-                       ACCUMULATE: tl.constexpr, APPROX: tl.constexpr, STEPS: tl.constexpr):
+                       ACCUMULATE: tl.constexpr, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr, STEPS: tl.constexpr):
         for i in tl.static_range(STEPS):
             pos, valid, u, dt, b, c = group[i]
             h, dt_sum = _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c, OUTPUT,
-                                 ACCUMULATE, APPROX)
+                                 ACCUMULATE, APPROX, SOFTPLUS)
         return h, dt_sum
 
     @triton.jit
@@ -221,13 +228,18 @@ if triton is not None:
         sc_b, sc_k, sc_n, sc_l,
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
-        APPROX: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr, FOLD: tl.constexpr,
+        APPROX: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
+        FOLD: tl.constexpr,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
         OUTPUT=False (first pass, every segment but the last): the segment's end state from a zero start and its
         summed dt, which together carry a state across the segment. OUTPUT=True: fold the earlier segments into the
         entering state, then scan the segment and write y.
+
+        ACCUMULATE (twin directions add into one output): the first pass also zeroes that output, so no separate
+        fill runs. A forward direction's program zeroes its segment; the last segment, which has no first-pass
+        program, lies within the reversed twin's first segment, whose program zeroes that.
 
         The loop is software-pipelined by hand: it walks the segment in groups of STEPS steps (1, 2 or 4) and
         issues the next group's loads before the current group's arithmetic, so their latency overlaps that work
@@ -243,6 +255,7 @@ if triton is not None:
         offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
         offs_n = tl.arange(0, N)
         mask_d = offs_d < D
+        mask_y = mask_d if OUTPUT else mask_d & (((offs_d * 0 + k) < G) | ((offs_d * 0 + seg) == 0))
         channel = k * D + offs_d
         a, bias, dskip, u_rows, dt_rows, b_col, c_col = _direction_operands(
             a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d, offs_n, mask_d, K, D,
@@ -269,12 +282,12 @@ if triton is not None:
         for t in range(t_start, t_end, 2 * STEPS):
             odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
-            h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, even, OUTPUT, ACCUMULATE,
-                                       APPROX, STEPS)
+            h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_y, even, OUTPUT, ACCUMULATE,
+                                       APPROX, SOFTPLUS, STEPS)
             even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
                                  reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
-            h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, odd, OUTPUT, ACCUMULATE,
-                                       APPROX, STEPS)
+            h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_y, odd, OUTPUT, ACCUMULATE,
+                                       APPROX, SOFTPLUS, STEPS)
         if not OUTPUT:
             tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
                      mask=mask_d[None, :])
@@ -306,7 +319,7 @@ def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_p
 
 
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                    D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
+                    D: torch.Tensor, delta_bias: torch.Tensor | None, bidirectional: bool,
                     channels_last: bool = False, map_height: int = 0,
                     config: tuple[int, int, int, int] | None = None, summaries: bool = False):
     """See the module docstring. Inputs may have any strides. ``channels_last`` stores the result as
@@ -340,14 +353,17 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         raise ValueError(f"map_height: a map of {seq_len} positions is beyond the kernel's 2^22")
     height, width = (map_height, seq_len // map_height) if map_height else (1, seq_len)
     A_t = A.float().t().contiguous()  # (N, K*D)
-    D, delta_bias = (t.float().contiguous() for t in (D, delta_bias))
-    y = _output(u, bidirectional, channels_last)
+    D = D.float().contiguous()
+    softplus = delta_bias is not None
+    delta_bias = delta_bias.float().contiguous() if softplus else D  # (never read without the softplus)
     block_d, segments, num_warps, steps = config or pick_config(batch * k_dirs, dim, seq_len, d_state)
     if summaries:
         seg_len = _backward.pick_backward_config(batch * k_dirs, dim, seq_len, d_state)[1]
     else:
         seg_len = math.ceil(seq_len / max(1, min(segments, seq_len)))
     segments = math.ceil(seq_len / seg_len)
+    summarised = segments if summaries else segments - 1  # the forward never needs the last one's; the backward does
+    y = _output(u, bidirectional and not summarised, channels_last)  # else the first pass zeroes it (see the kernel)
     h_seg = torch.empty((batch * k_dirs, segments, d_state, dim), device=u.device, dtype=torch.float32)
     dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
     args = (
@@ -357,29 +373,29 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     )
     meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, COLUMN_TWIN=bool(map_height),
                 APPROX=u.dtype != torch.float32,  # fp32 keeps the exact softplus (golden parity)
+                SOFTPLUS=softplus,
                 BLOCK_D=block_d, STEPS=steps,
                 FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy
                 num_warps=num_warps)
     d_blocks = math.ceil(dim / block_d)
-    summarised = segments if summaries else segments - 1  # the forward never needs the last one's; the backward does
     if summarised:
         _scan_directions_kernel[(batch * k_dirs, d_blocks, summarised)](*args, OUTPUT=False, **meta)
     _scan_directions_kernel[(batch * k_dirs, d_blocks, segments)](*args, OUTPUT=True, **meta)
     return (y, h_seg, dt_seg) if summaries else y
 
 
-def _output(u: torch.Tensor, bidirectional: bool, channels_last: bool) -> torch.Tensor:
-    """The (batch, G, dim, L) float32 result, stored channels-last if asked; zeroed where twin directions add up."""
+def _output(u: torch.Tensor, zeroed: bool, channels_last: bool) -> torch.Tensor:
+    """The (batch, G, dim, L) float32 result, stored channels-last if asked; ``zeroed`` for twins to add onto."""
     batch, groups, dim, seq_len = u.shape
     strides = (groups * seq_len * dim, seq_len * dim, 1, dim) if channels_last else \
         (groups * dim * seq_len, dim * seq_len, seq_len, 1)
     y = torch.empty_strided(u.shape, strides, device=u.device, dtype=torch.float32)
-    return y.zero_() if bidirectional else y
+    return y.zero_() if zeroed else y
 
 
 @torch.library.custom_op("sigma_ros::scan_directions", mutates_args=())
 def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-                       D: torch.Tensor, delta_bias: torch.Tensor, bidirectional: bool,
+                       D: torch.Tensor, delta_bias: torch.Tensor | None, bidirectional: bool,
                        channels_last: bool = False, map_height: int = 0) -> torch.Tensor:
     """:func:`scan_directions` as an opaque op, so torch.compile keeps it in one graph without tracing Triton."""
     return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height)

@@ -65,7 +65,7 @@ if triton is not None:
             if not EVERY_STEP:
                 first = valid & ((valid.to(tl.int32) * 0 + (t + i - t0) % CHUNK) == 0)  # per element (interpreter)
                 tl.store(out + ((t + i - t0) // CHUNK) * N * BLOCK_D + tile, h, mask=first[None, :] & (tile >= 0))
-            h, dt = _step(h, a, bias, u, dt, b, valid, APPROX)
+            h, dt = _step(h, a, bias, u, dt, b, valid, APPROX, True)
             if EVERY_STEP:
                 tl.store(out + (t + i - t0) * N * BLOCK_D + tile, h, mask=valid[None, :] & (tile >= 0))
         return h

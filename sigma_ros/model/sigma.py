@@ -397,12 +397,12 @@ class SS2D(SSMParams):
         return ys[:, 0].view(b, d, h, w).permute(0, 2, 3, 1), ys[:, 1].view(b, d, w, h).permute(0, 3, 2, 1)
 
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The same math with no layout copies: x and z from separate GEMMs (each contiguous), the conv and its SiLU
-        in one kernel, one row-major token tensor scanned in all four directions, both orders' results merged and
-        gated by the fused norm."""
+        """The same math with no layout copies: x and z from one GEMM (the fused conv and norm read their strided
+        halves in place), the conv and its SiLU in one kernel, one row-major token tensor scanned in all four
+        directions, both orders' results merged and gated by the fused norm."""
         d = self.d_inner
-        z = F.linear(x, self.in_proj.weight[d:])
-        x = _conv_silu(self.conv2d, F.linear(x, self.in_proj.weight[:d]))
+        xz = self.in_proj(x)
+        x, z = _conv_silu(self.conv2d, xz[..., :d]), xz[..., d:]
         b, h, w, _ = x.shape
         ys = self._scan_tokens(x.reshape(b, h * w, d), map_height=h)
         return self.out_proj(self.out_norm(ys[:, 0].view(b, h, w, d), other=ys[:, 1].view(b, h, w, d), gate=z))
@@ -617,10 +617,11 @@ class ConcatMambaFusion(SSMParams):
         y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
         y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
         pooled_r, pooled_x = _mean_and_max(p_r), _mean_and_max(p_x)
-        mean_r = pooled_r[:, 0] if pooled_r is not None else p_r.mean(dim=(1, 2))
-        mean_x = pooled_x[:, 0] if pooled_x is not None else p_x.mean(dim=(1, 2))
-        gate_r = self.fc1(mean_r)[:, None, None, :]
-        gate_x = self.fc2(mean_x)[:, None, None, :]
+        if pooled_r is not None:  # the fast path: each SE gate is one kernel on the mean
+            gate_r, gate_x = _mlp_gate(pooled_r[:, :1], self.fc1), _mlp_gate(pooled_x[:, :1], self.fc2)
+        else:
+            gate_r, gate_x = self.fc1(p_r.mean(dim=(1, 2))), self.fc2(p_x.mean(dim=(1, 2)))
+        gate_r, gate_x = gate_r[:, None, None, :], gate_x[:, None, None, :]
         return self.out_proj(torch.cat([y_r * gate_x, y_x * gate_r], dim=-1))
 
 
@@ -675,6 +676,15 @@ def _mean_and_max(x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
+def _mlp_gate(pooled: torch.Tensor, mlp: nn.Sequential, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """sigmoid(sum over the pooled vectors of mlp(p)) for a (B, P, C) float32 ``pooled`` from ``_mean_and_max``, in
+    one Triton kernel (``ops.triton_gate``): ``mlp`` is [Linear or 1x1 conv, SiLU, Linear or 1x1 conv(, Sigmoid)],
+    both without bias. (B, C) in ``dtype``."""
+    from ..ops import triton_gate
+
+    return triton_gate.channel_gate(pooled, mlp[0].weight, mlp[2].weight, dtype)
+
+
 class ChannelAttention(nn.Module):
     def __init__(self, channels: int, squeeze: int = 30):
         super().__init__()
@@ -685,10 +695,10 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
         pooled = _mean_and_max(x.permute(0, 2, 3, 1))
-        if pooled is not None:  # both pools as two "pixels" of one map: the MLP runs once
-            attn = self.fc(pooled.transpose(1, 2)[..., None]).sum(dim=2, keepdim=True)
-        else:  # amax/mean over H, W equal the official adaptive pools and are much faster on GPUs
-            attn = self.fc(x.mean(dim=(2, 3), keepdim=True)) + self.fc(x.amax(dim=(2, 3), keepdim=True))
+        if pooled is not None:  # the fast path: MLP of both pools, their sum and the sigmoid in one kernel
+            return x * _mlp_gate(pooled, self.fc, x.dtype)[:, :, None, None]
+        # amax/mean over H, W equal the official adaptive pools and are much faster on GPUs
+        attn = self.fc(x.mean(dim=(2, 3), keepdim=True)) + self.fc(x.amax(dim=(2, 3), keepdim=True))
         return x * torch.sigmoid(attn)
 
 

@@ -70,8 +70,10 @@ def channel_gate(pooled: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
         pooled = pooled.contiguous()
     out = torch.empty((batch, channels), dtype=out_dtype, device=pooled.device)
     block_h = max(16, triton.next_power_of_2(hidden))
-    block_c = max(16, min(128, 4096 // block_h))
+    # Tiles of up to 16k weights (64 registers a thread at 8 warps): every program walks all C channels for the
+    # hidden layer, so the wide gates (C = 1536) need wide steps to keep that loop short.
+    block_c = max(16, min(128, 16384 // block_h))
     _gate_kernel[(batch, triton.cdiv(channels, block_c))](
         pooled, w1, w2, out, channels, hidden, pooled.stride(0), pooled.stride(1), P=terms, BLOCK_H=block_h,
-        BLOCK_C=block_c, num_warps=4)
+        BLOCK_C=block_c, num_warps=8 if block_h * block_c > 4096 else 4)
     return out

@@ -28,13 +28,11 @@ except ImportError:  # pragma: no cover - CPU-only installs
 
 from .triton_scan import runs_on  # one rule for where the Triton kernels run
 
-if triton is not None:
-    from .triton_scan import _softplus
-
 __all__ = ["step_sizes", "runs_on"]
 
 
 if triton is not None:
+    from .triton_scan import _softplus  # the scan's fast softplus, for 16-bit outputs
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # the CPU interpreter multiplies 16-bit tiles as raw integers
         @triton.jit

@@ -66,6 +66,7 @@ def worker(variant: str, size: str, out: str) -> None:
         "kernels": sum(e.count for e in kernels) // 10,
         "argmax_vs_eager_fp32_pct": (reference.argmax(1) == logits.argmax(1)).float().mean().item() * 100,
         "top": [(e.key[:80], e.self_device_time_total / 1e4, e.count // 10) for e in kernels[:10]],
+        "all_kernels": [(e.key[:160], e.self_device_time_total / 1e4, e.count // 10) for e in kernels],
     }
     Path(out).write_text(json.dumps(result))
 

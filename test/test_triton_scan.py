@@ -127,6 +127,29 @@ def test_fused_scan_takes_half_precision_inputs(kernel):
     assert ((fused - unfused).norm() / unfused.norm()).item() < 1e-5  # same bf16 values, fp32 math
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_scan_reads_states_in_pairs_where_aligned(kernel, dtype):
+    """B and C load as pairs of adjacent states split by bit operations where their rows allow it (an even
+    offset into the projection, as the model lays it out), else as even and odd states apart; both read the
+    same values. A state order mixed up between the two halves, or a pair split the wrong way round, would
+    give a different result."""
+    results = {}
+    for dt_rank in (4, 3):  # B and C start 4 or 3 elements into each position's row
+        g = torch.Generator().manual_seed(8)
+        u, delta, a, _, _, d, bias = _inputs(g, 1, 1, True, 5, 24, 8)
+        rows = torch.randn(1, 24, 2, dt_rank + 16, generator=g).to(dtype).to(DEVICE)  # (batch, L, K, R + 2N)
+        b, c = rows[..., dt_rank:dt_rank + 8].permute(0, 2, 3, 1), rows[..., dt_rank + 8:].permute(0, 2, 3, 1)
+        a = a * torch.linspace(0.2, 3.0, 8, device=DEVICE)  # states that differ from each other
+        split = kernel.state_loads(b, c)["SPLIT"]
+        assert split == (1 if dt_rank == 4 else 2)
+        results[split] = kernel.scan_directions(u.to(dtype), delta.to(dtype), a, b, c, d, bias, True,
+                                                config=(4, 3, 1, 2))
+        unfused = scan_directions(u.to(dtype).float(), delta.to(dtype).float(), a, b.float(), c.float(), d, bias,
+                                  True)
+        assert ((results[split] - unfused).norm() / unfused.norm()).item() < 1e-5
+    assert kernel.state_loads(b.float(), c)["SPLIT"] == 2  # mixed types: apart
+
+
 def test_fused_scan_takes_step_sizes_as_they_come_without_a_bias(kernel):
     """delta_bias=None: delta is already softplus(dt + bias) (ops.triton_delta), and the kernel adds and takes
     nothing; the summary pass's summed dt and the reversed twins see the same step sizes."""

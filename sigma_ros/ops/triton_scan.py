@@ -15,11 +15,14 @@ This kernel instead
 - adds a reversed direction's output onto its forward twin: at most two addends on a zeroed buffer, so the sum is
   exact and independent of their order.
 
-Layout: a program owns BLOCK_D (32) channels of one (batch, direction); its tiles are (N, BLOCK_D), one channel
-a lane, so a channel's N states sit in one thread's registers and the sum over states needs no shuffles. Each
-thread steps through the sequence, software-pipelined: the loads of the next group of steps (they do not depend on
-the state) are issued before the current group's arithmetic. B and C of a step load as whole vectors when they are
-a contiguous, aligned row (the model projects them into their own (batch, K, L, 2N) tensor for this). A sequence
+Layout: a program owns BLOCK_D (32) channels of one (batch, direction); its state tiles are (N/2, BLOCK_D), one for
+the even and one for the odd states, one channel a lane, so a channel's N states sit in one thread's registers and
+the sum over states needs no shuffles. Each thread steps through the sequence, software-pipelined: the loads of the
+next group of steps (they do not depend on the state) are issued before the current group's arithmetic. B and C of
+a step load as whole vectors of state pairs when they are a contiguous, aligned row (the model's projection lays
+them out so), each pair one integer that bit operations split into the even and the odd state (for bf16 one
+instruction a state: a plain conversion costs two for every odd one, 16 of a step's 196 instructions at N = 16,
+SASS for sm_90). A sequence
 too long for the GPU to fill with channels alone is cut into segments scanned in parallel: a first pass records
 each segment's end state (from zero) and summed dt, the second folds those into each segment's entering state and
 scans it again, writing outputs.
@@ -57,8 +60,8 @@ def triton_available() -> bool:
 
 
 def supports(d_state: int) -> bool:
-    """The kernel's state tiles need a power-of-two size (Sigma uses 16 and 4)."""
-    return d_state > 0 and d_state & (d_state - 1) == 0
+    """The kernel's state tiles need a power-of-two size, split in even and odd halves (Sigma uses 16 and 4)."""
+    return d_state > 1 and d_state & (d_state - 1) == 0
 
 
 def runs_on(t: torch.Tensor) -> bool:
@@ -90,19 +93,45 @@ if triton is not None:
         return pos
 
     @triton.jit
+    def _split_pairs(x, elem: tl.constexpr):
+        """Adjacent elements of type ``elem`` loaded as one integer of twice the width -> (first, second) in
+        float32, by bit operations: a bf16 is the upper half of its float32, so the second of a bf16 pair is the
+        integer with its low half cleared, and the first the integer shifted up (one instruction each; converting
+        a vector of bf16 elements costs two for every odd one)."""
+        if elem == tl.bfloat16:
+            return (x << 16).to(tl.float32, bitcast=True), (x & -65536).to(tl.float32, bitcast=True)
+        elif elem == tl.float16:
+            return (x.to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32),
+                    (x >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32))
+        else:
+            return x.to(tl.int32).to(tl.float32, bitcast=True), (x >> 32).to(tl.int32).to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _states_at(col, pos, s_l, SPLIT: tl.constexpr, ELEM: tl.constexpr):
+        """B or C of one position in float32: the (N,) vector (SPLIT 0), or its even and odd states as two (N/2,)
+        vectors, from N/2 pair loads (SPLIT 1; ``col`` points at pairs, see ``_state_columns``) or from two strided
+        loads (SPLIT 2; ``col`` is the (even, odd) pointers). ELEM: the element type behind SPLIT 1's pairs."""
+        if SPLIT == 1:
+            return _split_pairs(tl.load(col + pos * (s_l // 2)), ELEM)
+        elif SPLIT == 2:
+            return tl.load(col[0] + pos * s_l).to(tl.float32), tl.load(col[1] + pos * s_l).to(tl.float32)
+        else:
+            return tl.load(col + pos * s_l).to(tl.float32)
+
+    @triton.jit
     def _step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W, inv_h,
-                     offs_d, mask_d, COLUMN_TWIN: tl.constexpr):
+                     offs_d, mask_d, COLUMN_TWIN: tl.constexpr, SPLIT: tl.constexpr = 0, ELEM: tl.constexpr = None):
         """Loads of one step (none depend on the state, so a group of steps can be in flight together).
 
         A step past the segment's end reads a clamped position and is marked invalid (it changes nothing): no
         per-element masks, so B and C load as whole vectors. A column-order step of an (H, W) map (``column``)
-        reads, and later writes, the row-major position of its pixel."""
+        reads, and later writes, the row-major position of its pixel. B and C come as ``_states_at`` says."""
         valid = (offs_d * 0 + t) < t_end  # per element: Triton's interpreter (the tests) rejects a scalar mask
         pos = _position(tl.minimum(t, L - 1), L, reverse, column, H, W, inv_h, COLUMN_TWIN)
         u = tl.load(u_rows + pos * su_l, mask=mask_d, other=0.0).to(tl.float32)
         dt = tl.load(dt_rows + pos * sdt_l, mask=mask_d, other=0.0).to(tl.float32)
-        b = tl.load(b_col + pos * sb_l).to(tl.float32)
-        c = tl.load(c_col + pos * sc_l).to(tl.float32)
+        b = _states_at(b_col, pos, sb_l, SPLIT, ELEM)
+        c = _states_at(c_col, pos, sc_l, SPLIT, ELEM)
         return pos, valid, u, dt, b, c
 
     @triton.jit
@@ -119,22 +148,35 @@ if triton is not None:
             return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(x)), x)
 
     @triton.jit
-    def _step(h, a, bias, u, dt, b, valid, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr):
-        """h_t = exp(dt A) h_{t-1} + dt B u, dt = softplus(delta + bias) if SOFTPLUS, else delta as it comes; a step
-        past the segment's end (valid = False) leaves h as it is."""
+    def _step_size(dt, bias, valid, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """dt = softplus(delta + bias) if SOFTPLUS, else delta as it comes; 0 for a step past the segment's end
+        (valid = False), which then leaves the state as it is."""
         if SOFTPLUS:
             dt = _softplus(dt + bias, APPROX)
-        dt = tl.where(valid, dt, 0.0)
-        return tl.exp2(dt[None, :] * a) * h + b[:, None] * (dt * u)[None, :], dt
+        return tl.where(valid, dt, 0.0)
+
+    @triton.jit
+    def _update(h, a, dt, dtu, b):
+        """h_t = exp(dt A) h_{t-1} + B (dt u) for a tile of states (A scaled by log2 e)."""
+        return tl.exp2(dt[None, :] * a) * h + b[:, None] * dtu[None, :]
+
+    @triton.jit
+    def _step(h, a, bias, u, dt, b, valid, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr):
+        """One step of all N states (the backward's layout): (h_t, dt)."""
+        dt = _step_size(dt, bias, valid, APPROX, SOFTPLUS)
+        return _update(h, a, dt, dt * u, b), dt
 
     @triton.jit
     def _advance(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, pos, valid, u, dt, b, c,
                  OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, APPROX: tl.constexpr, SOFTPLUS: tl.constexpr):
         """One step: the state update, then either the output (second pass) or the dt sum (first pass). With
-        ACCUMULATE the first pass zeroes the outputs that ``mask_d`` marks, for the second to add onto."""
-        h, dt = _step(h, a, bias, u, dt, b, valid, APPROX, SOFTPLUS)
+        ACCUMULATE the first pass zeroes the outputs that ``mask_d`` marks, for the second to add onto. The states,
+        A, B and C come as (even states, odd states) pairs of tiles (see ``_states_at``)."""
+        dt = _step_size(dt, bias, valid, APPROX, SOFTPLUS)
+        dtu = dt * u
+        h = _update(h[0], a[0], dt, dtu, b[0]), _update(h[1], a[1], dt, dtu, b[1])
         if OUTPUT:
-            y = tl.sum(h * c[:, None], axis=0) + dskip * u
+            y = tl.sum(h[0] * c[0][:, None], axis=0) + tl.sum(h[1] * c[1][:, None], axis=0) + dskip * u
             if ACCUMULATE:
                 tl.atomic_add(y_rows + pos * sy_l, y, mask=mask_d & valid, sem="relaxed")
             else:
@@ -147,17 +189,18 @@ if triton is not None:
 
     @triton.jit
     def _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column, H, W, inv_h,
-                      offs_d, mask_d, COLUMN_TWIN: tl.constexpr, STEPS: tl.constexpr):
+                      offs_d, mask_d, COLUMN_TWIN: tl.constexpr, STEPS: tl.constexpr, SPLIT: tl.constexpr = 0,
+                      ELEM: tl.constexpr = None):
         """The loads of STEPS (a power of two) consecutive steps from t, as a tuple."""
         if STEPS == 1:
             return (_step_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column,
-                                 H, W, inv_h, offs_d, mask_d, COLUMN_TWIN),)
+                                 H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, SPLIT, ELEM),)
         else:
             half: tl.constexpr = STEPS // 2
             return (_group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t, t_end, L, reverse, column,
-                                  H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, half)
+                                  H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, half, SPLIT, ELEM)
                     + _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + half, t_end, L,
-                                    reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, half))
+                                    reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, half, SPLIT, ELEM))
 
     @triton.jit
     def _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_d, group, OUTPUT: tl.constexpr,
@@ -186,24 +229,31 @@ if triton is not None:
         return a, bias, dskip, u_rows, dt_rows, b_col, c_col
 
     @triton.jit
-    def _summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N: tl.constexpr):
-        """Segment j's summary (end state from zero, summed dt), masked to nothing (an identity fold) if j >= seg."""
+    def _state_rows(ptr, offs_p, D):
+        """The (N/2, BLOCK_D) pointers of the even and of the odd states in an (N, D) block of ``ptr``."""
+        even = ptr + (2 * offs_p[:, None]) * D
+        return even, even + D
+
+    @triton.jit
+    def _summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_p, offs_d, mask_d, N: tl.constexpr):
+        """Segment j's summary (end state from zero, as its even and odd states; summed dt), masked to nothing (an
+        identity fold) if j >= seg."""
         mask_j = mask_d & ((offs_d * 0 + j) < seg)
-        h_j = tl.load(h_seg_ptr + ((first_seg + j) * N + offs_n[:, None]) * D + offs_d[None, :],
-                      mask=mask_j[None, :], other=0.0)
+        even, odd = _state_rows(h_seg_ptr + (first_seg + j) * N * D + offs_d[None, :], offs_p, D)
+        h_j = (tl.load(even, mask=mask_j[None, :], other=0.0), tl.load(odd, mask=mask_j[None, :], other=0.0))
         dt_j = tl.load(dt_seg_ptr + (first_seg + j) * D + offs_d, mask=mask_j, other=0.0)
         return h_j, dt_j
 
     @triton.jit
-    def _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N: tl.constexpr,
+    def _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_p, offs_d, mask_d, N: tl.constexpr,
                        FOLD: tl.constexpr):
         """FOLD (a power of two) consecutive summaries from j, as a tuple."""
         if FOLD == 1:
-            return (_summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N),)
+            return (_summaries(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_p, offs_d, mask_d, N),)
         else:
             half: tl.constexpr = FOLD // 2
-            return (_summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_n, offs_d, mask_d, N, half)
-                    + _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + half, seg, D, offs_n, offs_d, mask_d, N,
+            return (_summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j, seg, D, offs_p, offs_d, mask_d, N, half)
+                    + _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + half, seg, D, offs_p, offs_d, mask_d, N,
                                      half))
 
     @triton.jit
@@ -211,8 +261,23 @@ if triton is not None:
         """Carry a state across summarised segments: h <- exp(A sum dt) h + (the segment's end state from zero)."""
         for i in tl.static_range(FOLD):
             h_j, dt_j = group[i]
-            h = tl.exp2(dt_j[None, :] * a) * h + h_j
+            h = (tl.exp2(dt_j[None, :] * a[0]) * h[0] + h_j[0], tl.exp2(dt_j[None, :] * a[1]) * h[1] + h_j[1])
         return h
+
+    @triton.jit
+    def _state_columns(ptr, batch, k, s_b, s_k, s_n, offs_p, SPLIT: tl.constexpr, ELEM: tl.constexpr):
+        """Where B or C of (batch, direction k) start, as ``_states_at`` reads them: the N/2 state pairs, each one
+        integer of twice the element's width (SPLIT 1; the host checked the alignment), or the even and the odd
+        states' pointers (SPLIT 2)."""
+        base = ptr + batch * s_b + k * s_k
+        if SPLIT == 1:
+            if ELEM == tl.float32:
+                return base.to(tl.pointer_type(tl.int64)) + offs_p
+            else:
+                return base.to(tl.pointer_type(tl.int32)) + offs_p
+        else:
+            even = base + 2 * offs_p * s_n
+            return even, even + s_n
 
     # Alignment of A and of the segment summaries stays unknown to Triton on purpose: proven 16-byte alignment makes it
     # load those (N, BLOCK_D) tiles as 4-channel vectors, and the whole program then follows that layout, which spreads
@@ -229,7 +294,7 @@ if triton is not None:
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
         APPROX: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
-        FOLD: tl.constexpr,
+        FOLD: tl.constexpr, SPLIT: tl.constexpr = 2, ELEM: tl.constexpr = None,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
@@ -244,6 +309,10 @@ if triton is not None:
         The loop is software-pipelined by hand: it walks the segment in groups of STEPS steps (1, 2 or 4) and
         issues the next group's loads before the current group's arithmetic, so their latency overlaps that work
         instead of stalling every group. Two groups alternate roles, which needs no register copies.
+
+        The states are kept as two tiles, the even and the odd ones, so that 16-bit B and C can load as pairs and
+        split into float32 by bit operations (``SPLIT``, see ``_states_at``); the segment summaries keep the natural
+        (N, D) order.
         """
         pid_bk = tl.program_id(0)
         seg = tl.program_id(2)
@@ -253,45 +322,64 @@ if triton is not None:
         reverse = k >= G
         column = g == 1  # read column-major, if COLUMN_TWIN
         offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-        offs_n = tl.arange(0, N)
+        offs_p = tl.arange(0, N // 2)  # state pairs: states 2p (even) and 2p + 1 (odd)
         mask_d = offs_d < D
         mask_y = mask_d if OUTPUT else mask_d & (((offs_d * 0 + k) < G) | ((offs_d * 0 + seg) == 0))
         channel = k * D + offs_d
-        a, bias, dskip, u_rows, dt_rows, b_col, c_col = _direction_operands(
-            a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d, offs_n, mask_d, K, D,
-            su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n, sc_b, sc_k, sc_n)
-        a = a * 1.4426950408889634  # log2(e): exp(dt A) = exp2(dt A log2 e), one MUFU op, as mamba-ssm
+        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
+        dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
+        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
+        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        b_col = _state_columns(b_ptr, batch, k, sb_b, sb_k, sb_n, offs_p, SPLIT, ELEM)
+        c_col = _state_columns(c_ptr, batch, k, sc_b, sc_k, sc_n, offs_p, SPLIT, ELEM)
+        # log2(e): exp(dt A) = exp2(dt A log2 e), one MUFU op, as mamba-ssm
+        a_even, a_odd = _state_rows(a_ptr + channel[None, :], offs_p, K * D)
+        a = (tl.load(a_even, mask=mask_d[None, :], other=0.0) * 1.4426950408889634,
+             tl.load(a_odd, mask=mask_d[None, :], other=0.0) * 1.4426950408889634)
         y_rows = y_ptr + batch * sy_b + g * sy_g + offs_d * sy_d
         first_seg = pid_bk * SEGMENTS  # into the (B*K, segments, N, D) and (B*K, segments, D) summaries
 
-        h = tl.zeros([N, BLOCK_D], dtype=tl.float32)
+        h = (tl.zeros([N // 2, BLOCK_D], dtype=tl.float32), tl.zeros([N // 2, BLOCK_D], dtype=tl.float32))
         dt_sum = tl.zeros([BLOCK_D], dtype=tl.float32)
         if OUTPUT:  # the state entering this segment, from the first pass's summaries of the earlier ones
-            even = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, 0, seg, D, offs_n, offs_d, mask_d, N, FOLD)
+            even = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, 0, seg, D, offs_p, offs_d, mask_d, N, FOLD)
             for j in range(0, seg, 2 * FOLD):
-                odd = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + FOLD, seg, D, offs_n, offs_d, mask_d, N,
+                odd = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + FOLD, seg, D, offs_p, offs_d, mask_d, N,
                                      FOLD)
                 h = _fold(h, a, even, FOLD)
-                even = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + 2 * FOLD, seg, D, offs_n, offs_d,
+                even = _summary_group(h_seg_ptr, dt_seg_ptr, first_seg, j + 2 * FOLD, seg, D, offs_p, offs_d,
                                       mask_d, N, FOLD)
                 h = _fold(h, a, odd, FOLD)
         t_start = seg * SEG
         t_end = tl.minimum(t_start + SEG, L)
         even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t_start, t_end, L, reverse,
-                             column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+                             column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS, SPLIT, ELEM)
         for t in range(t_start, t_end, 2 * STEPS):
             odd = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + STEPS, t_end, L,
-                                reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+                                reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS, SPLIT, ELEM)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_y, even, OUTPUT, ACCUMULATE,
                                        APPROX, SOFTPLUS, STEPS)
             even = _group_inputs(u_rows, dt_rows, b_col, c_col, su_l, sdt_l, sb_l, sc_l, t + 2 * STEPS, t_end, L,
-                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS)
+                                 reverse, column, H, W, inv_h, offs_d, mask_d, COLUMN_TWIN, STEPS, SPLIT, ELEM)
             h, dt_sum = _advance_group(h, dt_sum, a, bias, dskip, y_rows, sy_l, mask_y, odd, OUTPUT, ACCUMULATE,
                                        APPROX, SOFTPLUS, STEPS)
         if not OUTPUT:
-            tl.store(h_seg_ptr + ((first_seg + seg) * N + offs_n[:, None]) * D + offs_d[None, :], h,
-                     mask=mask_d[None, :])
+            even, odd = _state_rows(h_seg_ptr + (first_seg + seg) * N * D + offs_d[None, :], offs_p, D)
+            tl.store(even, h[0], mask=mask_d[None, :])
+            tl.store(odd, h[1], mask=mask_d[None, :])
             tl.store(dt_seg_ptr + (first_seg + seg) * D + offs_d, dt_sum, mask=mask_d)
+
+
+def state_loads(B: torch.Tensor, C: torch.Tensor) -> dict:
+    """How the kernel reads B and C (its SPLIT and ELEM arguments): as pairs of adjacent states, one integer load
+    of twice the width each, where both are contiguous along the states and every pair starts aligned (the model's
+    projections are laid out so); else as separate loads of the even and of the odd states."""
+    pair = 2 * B.element_size()
+    paired = B.dtype == C.dtype and all(
+        t.stride(2) == 1 and t.data_ptr() % pair == 0 and t.stride(0) % 2 == 0 and t.stride(1) % 2 == 0
+        and t.stride(3) % 2 == 0 for t in (B, C))
+    elem = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}.get(B.dtype)
+    return dict(SPLIT=1, ELEM=elem) if paired and elem is not None else dict(SPLIT=2)
 
 
 @functools.lru_cache(maxsize=None)
@@ -376,7 +464,7 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
                 SOFTPLUS=softplus,
                 BLOCK_D=block_d, STEPS=steps,
                 FOLD=max(1, 16 // d_state),  # summaries in flight: more would cost occupancy
-                num_warps=num_warps)
+                num_warps=num_warps, **state_loads(B, C))
     d_blocks = math.ceil(dim / block_d)
     if summarised:
         _scan_directions_kernel[(batch * k_dirs, d_blocks, summarised)](*args, OUTPUT=False, **meta)

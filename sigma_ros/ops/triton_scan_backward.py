@@ -304,7 +304,7 @@ def scan_directions_backward(gy: torch.Tensor, u: torch.Tensor, delta: torch.Ten
         triton_scan._scan_directions_kernel[grid](
             u, delta, A_t, B, C, D, delta_bias, hz, hz, sz, *common, *u.stride(), *delta.stride(), *B.stride(),
             *C.stride(), *gy.stride(), OUTPUT=False, ACCUMULATE=False, SOFTPLUS=True, STEPS=steps, FOLD=1, num_warps=1,
-            **meta)
+            **meta, **triton_scan.state_loads(B, C))
     rz = torch.empty_like(hz)
     _adjoint_summaries_kernel[grid](delta, A_t, C, delta_bias, gy, rz, *common, *delta.stride(), *C.stride(),
                                     *gy.stride(), num_warps=1, **meta)

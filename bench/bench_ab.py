@@ -1,10 +1,12 @@
 """The GPU fast path of this checkout against another commit's, timed on one machine in one run.
 
-    python bench/bench_ab.py --baseline REV [--variant tiny] [--size 640x480] [--rounds 2] [--json OUT.json]
+    python bench/bench_ab.py --baseline REV [--baseline REV2 ...] [--variant tiny] [--size 640x480] [--rounds 2]
+                             [--json OUT.json]
 
 REV is any git revision of this repository (its ``sigma_ros`` is extracted with ``git archive``; no git on the machine:
-``--baseline-dir DIR`` names a folder that holds another ``sigma_ros`` instead). Each package runs in its own
-process, the two alternating ``--rounds`` times, so drift of the machine falls on both. A process builds the model
+``--baseline-dir DIR`` names a folder that holds another ``sigma_ros`` instead). Both options repeat, so one run can
+time several candidates against this checkout (device time is scarce). Each package runs in its own process, all of
+them alternating ``--rounds`` times, so drift of the machine falls on each. A process builds the model
 from one seed, warms the fast bf16 forward up (Triton compiles its kernels on a machine's first run: minutes on a
 fresh one, so the first round also serves as the warm-up), then reports the median of 90 CUDA-graph replays, the
 GPU kernel time and count from torch.profiler over 10 replays, the heaviest kernels, and the argmax agreement with
@@ -74,15 +76,30 @@ def worker(variant: str, size: str, out: str) -> None:
 def baseline_package(rev: str, into: str) -> str:
     """The ``sigma_ros`` of git revision ``rev`` extracted under ``into``; returns its root."""
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "sigma_ros"], check=True, capture_output=True)
+    os.makedirs(into, exist_ok=True)
     subprocess.run(["tar", "-x", "-C", into], input=archive.stdout, check=True)
     return into
 
 
+def packages(revs: list[str], dirs: list[str], tmp: str) -> dict[str, str]:
+    """{name: root} of the packages to time: the baseline folders (named by their folder, or by the whole path where
+    two share a name), the revisions extracted under ``tmp`` (HEAD if nothing is given), then this checkout."""
+    roots = {}
+    for d in dirs:
+        name = os.path.basename(os.path.normpath(d))
+        roots[d if name in roots else name] = d
+    for rev in revs or ([] if roots else ["HEAD"]):
+        roots[rev] = baseline_package(rev, os.path.join(tmp, f"rev{len(roots)}"))
+    roots["this"] = str(ROOT)
+    return roots
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    which = ap.add_mutually_exclusive_group()
-    which.add_argument("--baseline", help="git revision to compare against (default: HEAD)")
-    which.add_argument("--baseline-dir", help="a folder holding the baseline's sigma_ros package")
+    ap.add_argument("--baseline", action="append", default=[],
+                    help="git revision to compare against (repeatable; default: HEAD)")
+    ap.add_argument("--baseline-dir", action="append", default=[],
+                    help="a folder holding a baseline's sigma_ros package (repeatable)")
     ap.add_argument("--variant", default="tiny")
     ap.add_argument("--size", default="640x480")
     ap.add_argument("--rounds", type=int, default=2)
@@ -99,7 +116,7 @@ def main() -> int:
         worker(*args.worker)
         return 0
     with tempfile.TemporaryDirectory() as tmp:
-        roots = {"baseline": args.baseline_dir or baseline_package(args.baseline or "HEAD", tmp), "this": str(ROOT)}
+        roots = packages(args.baseline, args.baseline_dir, tmp)
         runs = {name: [] for name in roots}
         for round_ in range(args.rounds):
             for name, root in roots.items():
@@ -109,14 +126,17 @@ def main() -> int:
                                check=True, timeout=args.timeout)
                 runs[name].append(json.loads(Path(out).read_text()))
                 r = runs[name][-1]
-                print(f"round {round_ + 1} {name:8} forward {r['forward_ms']:.3f} ms, kernels {r['kernel_ms']:.3f} ms "
+                print(f"round {round_ + 1} {name:12} forward {r['forward_ms']:.3f} ms, kernels {r['kernel_ms']:.3f} ms "
                       f"in {r['kernels']}, argmax = eager fp32 {r['argmax_vs_eager_fp32_pct']:.2f} %", flush=True)
         last = {name: torch.load(os.path.join(tmp, f"{name}{args.rounds - 1}.json.pt")) for name in roots}
-    agree = (last["baseline"].argmax(1) == last["this"].argmax(1)).float().mean().item() * 100
     summary = {name: min(r["forward_ms"] for r in rs) for name, rs in runs.items()}
-    print(f"\n{runs['this'][0]['device']}, Sigma-{args.variant} fast bf16, batch 1, {args.size}: baseline "
-          f"{summary['baseline']:.3f} ms, this checkout {summary['this']:.3f} ms (best median of {args.rounds} rounds; "
-          f"{summary['baseline'] - summary['this']:+.3f} ms); labels agree on {agree:.2f} % of pixels")
+    agree = {name: (last[name].argmax(1) == last["this"].argmax(1)).float().mean().item() * 100
+             for name in roots if name != "this"}
+    print(f"\n{runs['this'][0]['device']}, Sigma-{args.variant} fast bf16, batch 1, {args.size} (best median of "
+          f"{args.rounds} rounds): this checkout {summary['this']:.3f} ms")
+    for name, pct in agree.items():
+        print(f"  against {name}: {summary[name]:.3f} ms ({summary[name] - summary['this']:+.3f} ms); labels agree "
+              f"on {pct:.2f} % of pixels")
     for name in roots:
         print(f"\nheaviest kernels, {name}:")
         for key, ms, count in runs[name][-1]["top"]:

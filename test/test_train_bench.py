@@ -1,10 +1,12 @@
-"""bench/bench_train.py runs (tiny, on the CPU) and reports what the GPU run will report."""
+"""The bench scripts run (tiny, on the CPU) and report what the GPU run will report."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_train.py"
 
@@ -80,3 +82,21 @@ def test_gpu_idle_is_the_time_no_kernel_covers():
     prof = SimpleNamespace(events=lambda: spans)
     assert bench.gpu_idle_ms(prof) == 0.25  # 150 -> 400 us
     assert bench.gpu_idle_ms(SimpleNamespace(events=lambda: [])) == 0.0
+
+
+def test_bench_ab_times_every_baseline_against_this_checkout(tmp_path):
+    """bench/bench_ab.py (GPU only) names its packages: baseline folders by their folder (the whole path where two
+    share a name), revisions extracted from git, this checkout last."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_ab", BENCH.parent / "bench_ab.py")
+    bench_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_ab)
+    first, second = tmp_path / "a" / "old", tmp_path / "b" / "old"
+    roots = bench_ab.packages([], [str(first), str(second)], str(tmp_path))
+    assert roots == {"old": str(first), str(second): str(second), "this": str(bench_ab.ROOT)}
+    if subprocess.run(["git", "-C", str(bench_ab.ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    roots = bench_ab.packages([], [], str(tmp_path))
+    assert list(roots) == ["HEAD", "this"]
+    assert (Path(roots["HEAD"]) / "sigma_ros" / "ops" / "triton_scan.py").is_file()

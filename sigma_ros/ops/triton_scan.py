@@ -212,18 +212,27 @@ if triton is not None:
         return h, dt_sum
 
     @triton.jit
-    def _direction_operands(a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d,
-                            offs_n, mask_d, K, D, su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n,
-                            sc_b, sc_k, sc_n):
-        """A program's constants and pointers (forward and backward kernels): A (as stored, negative), dt bias, D,
-        and u, dt rows and B, C columns of its (batch, direction, channel block), to be offset by a position.
-        A is (N, BLOCK_D): channels across the threads, a channel's N states inside one thread (in-thread sums); it
-        arrives transposed, (N, K*D), so its loads are contiguous along channels and keep that layout."""
-        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+    def _channel_operands(bias_ptr, dskip_ptr, u_ptr, dt_ptr, batch, k, g, channel, offs_d, mask_d, su_b, su_g, su_d,
+                          sdt_b, sdt_k, sdt_d):
+        """A program's per-channel constants and rows (forward and backward kernels): dt bias, D, and the u and dt
+        rows of its (batch, direction, channel block), to be offset by a position."""
         bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
         dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
         u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
         dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        return bias, dskip, u_rows, dt_rows
+
+    @triton.jit
+    def _direction_operands(a_ptr, bias_ptr, dskip_ptr, u_ptr, dt_ptr, b_ptr, c_ptr, batch, k, g, channel, offs_d,
+                            offs_n, mask_d, K, D, su_b, su_g, su_d, sdt_b, sdt_k, sdt_d, sb_b, sb_k, sb_n,
+                            sc_b, sc_k, sc_n):
+        """The backward kernel's operands, all N states in one tile: A (as stored, negative), ``_channel_operands``,
+        and the B, C columns. A is (N, BLOCK_D): channels across the threads, a channel's N states inside one thread
+        (in-thread sums); it arrives transposed, (N, K*D), so its loads are contiguous along channels and keep that
+        layout."""
+        a = tl.load(a_ptr + offs_n[:, None] * (K * D) + channel[None, :], mask=mask_d[None, :], other=0.0)
+        bias, dskip, u_rows, dt_rows = _channel_operands(bias_ptr, dskip_ptr, u_ptr, dt_ptr, batch, k, g, channel,
+                                                         offs_d, mask_d, su_b, su_g, su_d, sdt_b, sdt_k, sdt_d)
         b_col = b_ptr + batch * sb_b + k * sb_k + offs_n * sb_n
         c_col = c_ptr + batch * sc_b + k * sc_k + offs_n * sc_n
         return a, bias, dskip, u_rows, dt_rows, b_col, c_col
@@ -294,7 +303,7 @@ if triton is not None:
         sy_b, sy_g, sy_d, sy_l,
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
         APPROX: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
-        FOLD: tl.constexpr, SPLIT: tl.constexpr = 2, ELEM: tl.constexpr = None,
+        FOLD: tl.constexpr, SPLIT: tl.constexpr, ELEM: tl.constexpr = None,  # ELEM: SPLIT 1 only
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
@@ -326,10 +335,8 @@ if triton is not None:
         mask_d = offs_d < D
         mask_y = mask_d if OUTPUT else mask_d & (((offs_d * 0 + k) < G) | ((offs_d * 0 + seg) == 0))
         channel = k * D + offs_d
-        bias = tl.load(bias_ptr + channel, mask=mask_d, other=0.0)
-        dskip = tl.load(dskip_ptr + channel, mask=mask_d, other=0.0)
-        u_rows = u_ptr + batch * su_b + g * su_g + offs_d * su_d
-        dt_rows = dt_ptr + batch * sdt_b + k * sdt_k + offs_d * sdt_d
+        bias, dskip, u_rows, dt_rows = _channel_operands(bias_ptr, dskip_ptr, u_ptr, dt_ptr, batch, k, g, channel,
+                                                         offs_d, mask_d, su_b, su_g, su_d, sdt_b, sdt_k, sdt_d)
         b_col = _state_columns(b_ptr, batch, k, sb_b, sb_k, sb_n, offs_p, SPLIT, ELEM)
         c_col = _state_columns(c_ptr, batch, k, sc_b, sc_k, sc_n, offs_p, SPLIT, ELEM)
         # log2(e): exp(dt A) = exp2(dt A log2 e), one MUFU op, as mamba-ssm

@@ -134,6 +134,43 @@ def test_inference_copy_runs_the_head_as_an_aligned_gemm(micro_cfg):
     assert torch.allclose(logits, expected, atol=1e-5)
 
 
+def test_fusion_blocks_run_where_their_stage_is_ready(micro_cfg):
+    """The encoder hands each stage's map over as soon as that stage is done (the fast path starts the stage's
+    fusion then, on a side stream): the same maps, in order, as the whole forward's."""
+    torch.manual_seed(2)
+    backbone = build_sigma(micro_cfg).eval().backbone.vssm
+    both = torch.randn(2, 3, 64, 96)
+    with torch.no_grad():
+        stages = backbone.stages(both)
+        first = next(stages)  # the first stage's map exists before the second stage has run
+        assert first.shape[1:3] == (16, 24)
+        maps = [first, *stages]
+        expected = backbone(both)
+    assert len(maps) == len(expected) == 4 and all(torch.equal(m, e) for m, e in zip(maps, expected))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="side streams need a GPU")
+def test_fusion_on_side_streams_gives_the_logits_of_one_stream(micro_cfg):
+    """Each stage's fusion on its own stream, the encoder going on meanwhile, eagerly and replayed as a CUDA graph:
+    bitwise the logits of one stream, for successive frames (memory one stream frees is not reused while another
+    still reads it)."""
+    from sigma_ros.model.fast import build_fast_forward
+    from sigma_ros.model.sigma import concurrent_fusion, fused_norms, fused_scans
+
+    torch.manual_seed(2)
+    model = build_sigma(micro_cfg).cuda().eval()
+    frames = [(torch.randn(1, 3, 96, 128, device="cuda"), torch.randn(1, 3, 96, 128, device="cuda"))
+              for _ in range(3)]
+    with torch.no_grad(), fused_scans(), fused_norms():
+        one_stream = [model(rgb, x) for rgb, x in frames]
+        with concurrent_fusion():
+            side_streams = [model(rgb, x) for rgb, x in frames]
+    assert all(torch.equal(a, b) for a, b in zip(one_stream, side_streams))
+    plain, concurrent = (build_fast_forward(model, torch.bfloat16, concurrent=c) for c in (False, True))
+    for rgb, x in frames + frames[:1]:
+        assert torch.equal(plain(rgb, x), concurrent(rgb, x))
+
+
 def test_checkpoint_round_trip(tmp_path, micro_cfg):
     torch.manual_seed(2)
     model = build_sigma(micro_cfg).eval()

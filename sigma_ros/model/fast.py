@@ -9,7 +9,8 @@ constants precomputed). When Triton is available the blocks take their fused pat
 (``ops.triton_scan``: reversed and column-order directions read in place, each sequence's directions summed in the
 kernel), LayerNorms that write the dtype their consumer needs (``ops.triton_norm``; SS2D's merge and gate inside),
 the depthwise conv + SiLU, the decoder's up-sampling + norm and its pooling (``ops.triton_dwconv``,
-``ops.triton_upsample``, ``ops.triton_pool``). ``fused_scan=False`` keeps mamba-ssm's kernel on flipped copies and
+``ops.triton_upsample``, ``ops.triton_pool``). Each stage's fusion blocks run on a side stream while the encoder
+goes on (``concurrent=False``: all on one stream). ``fused_scan=False`` keeps mamba-ssm's kernel on flipped copies and
 torch's ops around it, as does forcing a scan backend with SIGMA_SCAN_BACKEND.
 
 ``compile=True`` additionally runs the model through ``torch.compile`` with the scan as an opaque custom op.
@@ -27,7 +28,7 @@ from torch import nn
 from ..ops import triton_scan
 from ..ops.selective_scan import ENV_VAR
 from ..ops.selective_scan import selective_scan as ops_selective_scan
-from .sigma import fused_norms, fused_scans, low_precision_scan_inputs, scan_implementation
+from .sigma import concurrent_fusion, fused_norms, fused_scans, low_precision_scan_inputs, scan_implementation
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def inference_copy(model: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int = 3, compile: bool = False,
-                       fused_scan: bool | None = None):
+                       fused_scan: bool | None = None, concurrent: bool = True):
     """``forward(rgb, x) -> logits`` (float32) on the fast path; ``fused_scan=None`` uses the Triton scan if present.
     It runs a private copy of the model (:func:`inference_copy`): later changes to ``model``'s weights do not reach
     it; build a new forward after loading others."""
@@ -102,7 +103,7 @@ def build_fast_forward(model: torch.nn.Module, dtype: torch.dtype, warmup: int =
         # cuDNN convolutions default to TF32 (~1e-3 error); fp32 means fp32 here, so the golden parity holds.
         with torch.autocast("cuda", dtype=dtype, enabled=low), low_precision_scan_inputs(low), \
                 torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=False, allow_tf32=low), \
-                scan_implementation(scan), fused_scans(fused), fused_norms(fused):
+                scan_implementation(scan), fused_scans(fused), fused_norms(fused), concurrent_fusion(concurrent):
             return model(rgb, x).float()
 
     eager = torch.compile(run, dynamic=False, fullgraph=False) if compile else run

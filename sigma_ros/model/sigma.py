@@ -105,6 +105,31 @@ def _triton_head_trains(x: torch.Tensor) -> bool:
     return triton_head.runs_on(x)
 
 
+# No fusion block feeds the encoder: stage i's CroMB and ConMB only need the encoder's stage i, and the decoder only
+# their results. So the fast path runs each stage's fusion on a side stream of its own while the encoder goes on: the
+# kernels of one fill the GPU where the other's leave it idle (the deep stages' small maps, the launch gaps).
+_concurrent_fusion = False
+
+
+def concurrent_fusion(enabled: bool = True):
+    return _switched("_concurrent_fusion", enabled)
+
+
+def _concurrent_fusion_applies(x: torch.Tensor) -> bool:
+    return _concurrent_fusion and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
+_side_streams: dict[tuple[int, int], torch.cuda.Stream] = {}
+
+
+def _side_stream(device: torch.device, i: int) -> torch.cuda.Stream:
+    """Side stream i of a device, made once (a CUDA graph captures work on it as a branch of its graph)."""
+    key = (device.index if device.index is not None else torch.cuda.current_device(), i)
+    if key not in _side_streams:
+        _side_streams[key] = torch.cuda.Stream(device=device)
+    return _side_streams[key]
+
+
 # ... and its LayerNorms to one Triton kernel each (``ops.triton_norm``, see :class:`LayerNorm`), as well as the
 # decoder's up-sampling (with the norm that follows, ``ops.triton_upsample``) and pooling (``ops.triton_pool``).
 _fused_norms = False
@@ -465,13 +490,15 @@ class VMambaBackbone(nn.Module):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> 4 channels-last maps (B, H/4/2^i, W/4/2^i, C_i), normalised."""
+        return list(self.stages(x))
+
+    def stages(self, x: torch.Tensor):
+        """:meth:`forward`'s maps one at a time, each as soon as its stage is done."""
         x = self.patch_embed(x)
-        outs = []
         for i, stage in enumerate(self.layers):
             x = stage.blocks(x)
-            outs.append(getattr(self, f"outnorm{i}")(x))
+            yield getattr(self, f"outnorm{i}")(x)
             x = stage.downsample(x)
-        return outs
 
 
 def _vmamba_init(m: nn.Module):
@@ -653,13 +680,27 @@ class RGBXEncoder(nn.Module):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
         # Both modalities share every encoder weight: one pass over a batch of 2B is the same math as two passes.
-        feats = self.vssm(torch.cat([rgb, x], dim=0))
-        fused = []
-        for i, f in enumerate(feats):
-            f_rgb, f_x = f.chunk(2, dim=0)
-            f_rgb, f_x = self.cross_mamba[i](f_rgb, f_x)
-            fused.append(self.channel_attn_mamba[i](f_rgb, f_x))
-        return fused  # channels-last
+        both = torch.cat([rgb, x], dim=0)
+        if not _concurrent_fusion_applies(both):
+            return [self._fuse(i, f) for i, f in enumerate(self.vssm.stages(both))]  # channels-last
+        main = torch.cuda.current_stream(both.device)
+        feats, fused, sides = [], [], []
+        for i, f in enumerate(self.vssm.stages(both)):
+            side = _side_stream(both.device, i)
+            side.wait_stream(main)  # the stage's map is ready; the encoder goes on meanwhile
+            with torch.cuda.stream(side):
+                fused.append(self._fuse(i, f))
+            feats.append(f)  # held until the join, so that main cannot reuse its memory while a side stream reads it
+            sides.append(side)
+        for side in sides:
+            main.wait_stream(side)
+        return fused
+
+    def _fuse(self, i: int, f: torch.Tensor) -> torch.Tensor:
+        """Stage i's CroMB then ConMB, on its map of both modalities (2B, H, W, C) -> (B, H, W, C)."""
+        f_rgb, f_x = f.chunk(2, dim=0)
+        f_rgb, f_x = self.cross_mamba[i](f_rgb, f_x)
+        return self.channel_attn_mamba[i](f_rgb, f_x)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -49,6 +49,30 @@ def test_layer_norm_adds_a_strided_twin_and_gates(triton_norm):
     assert half.dtype == torch.bfloat16 and (half.float() - expected).abs().max().item() < 3e-2
 
 
+def test_layer_norm_scales_channels_per_map_and_writes_into_a_slice(triton_norm):
+    """ConMB's gated norms: each map's channels times its (batch, C) gate, written into one half of a wider
+    tensor in the next matmul's dtype, the other half untouched. The rounding happens once, after the product."""
+    g = torch.Generator().manual_seed(2)
+    b, h, w, c = 2, 3, 5, 12
+    x = torch.randn(b, h, w, c, generator=g).to(DEVICE)
+    scale = torch.rand(b, c, generator=g).to(DEVICE)
+    weight, bias = _params(g, c)
+    expected = F.layer_norm(x, (c,), weight, bias, 1e-5) * scale[:, None, None, :]
+    unfused = triton_norm.layer_norm(x, weight, bias, 1e-5) * scale[:, None, None, :]  # the product, then a cast
+    assert (unfused - expected).abs().max().item() < 1e-5
+    for dtype in (torch.float32, torch.bfloat16):
+        out = torch.full((b, h, w, 2 * c), 7.0, dtype=dtype, device=DEVICE)
+        y = triton_norm.layer_norm(x, weight, bias, 1e-5, scale=scale, out=out[..., c:])
+        assert y.data_ptr() == out[..., c:].data_ptr()
+        assert (out[..., :c] == 7.0).all()
+        if dtype == torch.float32 or DEVICE == "cuda":
+            assert torch.equal(out[..., c:], unfused.to(dtype))
+        else:  # Triton's CPU interpreter truncates to bf16 where the GPU rounds to nearest: one bf16 step apart
+            assert ((out[..., c:].float() - unfused).abs() <= unfused.abs() * 2**-7).all()
+    with pytest.raises(ValueError, match="scale must be"):
+        triton_norm.layer_norm(x, weight, bias, 1e-5, scale=scale[:, :-1])
+
+
 def test_layer_norm_module_uses_the_kernel_only_on_the_fast_path(triton_norm, monkeypatch):
     """Same parameters as nn.LayerNorm (checkpoint keys unchanged); the kernel runs only under ``fused_norms`` and
     without gradients, and gives what the plain module gives."""

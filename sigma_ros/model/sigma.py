@@ -641,15 +641,35 @@ class ConcatMambaFusion(SSMParams):
             seq = torch.cat([u_r.flatten(2), u_x.flatten(2)], dim=2)
             y = self._scan(seq[:, None])[:, 0]  # (B, D, 2L): forwards + reversed
         d, n = y.shape[1], h * w
-        y_r = self.out_norm1(y[..., :n].transpose(1, 2).reshape(b, h, w, d)).to(rgb.dtype)
-        y_x = self.out_norm2(y[..., n:].transpose(1, 2).reshape(b, h, w, d)).to(x.dtype)
+        y_r, y_x = y[..., :n].transpose(1, 2).reshape(b, h, w, d), y[..., n:].transpose(1, 2).reshape(b, h, w, d)
         pooled_r, pooled_x = _mean_and_max(p_r), _mean_and_max(p_x)
-        if pooled_r is not None:  # the fast path: each SE gate is one kernel on the mean
+        if pooled_r is not None:  # the fast path: each SE gate is one kernel on the mean, each gated norm another
             gate_r, gate_x = _mlp_gate(pooled_r[:, :1], self.fc1), _mlp_gate(pooled_x[:, :1], self.fc2)
-        else:
-            gate_r, gate_x = self.fc1(p_r.mean(dim=(1, 2))), self.fc2(p_x.mean(dim=(1, 2)))
-        gate_r, gate_x = gate_r[:, None, None, :], gate_x[:, None, None, :]
-        return self.out_proj(torch.cat([y_r * gate_x, y_x * gate_r], dim=-1))
+            return self.out_proj(_gated_norms_side_by_side((self.out_norm1, y_r, gate_x), (self.out_norm2, y_x, gate_r),
+                                                           dtype=rgb.dtype))
+        gate_r, gate_x = self.fc1(p_r.mean(dim=(1, 2))), self.fc2(p_x.mean(dim=(1, 2)))
+        y_r, y_x = self.out_norm1(y_r).to(rgb.dtype), self.out_norm2(y_x).to(x.dtype)
+        return self.out_proj(torch.cat([y_r * gate_x[:, None, None, :], y_x * gate_r[:, None, None, :]], dim=-1))
+
+
+def _gated_norms_side_by_side(*parts: tuple[LayerNorm, torch.Tensor, torch.Tensor], dtype: torch.dtype
+                              ) -> torch.Tensor:
+    """cat([norm(x) * gate for norm, x, gate in parts], -1) for the fast path, in the dtype the next Linear takes
+    (autocast's, else ``dtype``): each norm, its gate (B, C) and the rounding in one Triton kernel
+    (``ops.triton_norm``) that writes its slice of the result, where the plain expression takes a norm, a product,
+    a concatenation and a cast. The values are the same: float32 norm times float32 gate, rounded once."""
+    from ..ops import triton_norm
+
+    x = parts[0][1]
+    if torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+    out = x.new_empty(*x.shape[:-1], sum(p[1].shape[-1] for p in parts), dtype=dtype)
+    start = 0
+    for norm, x, gate in parts:
+        width = x.shape[-1]
+        triton_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, scale=gate, out=out[..., start:start + width])
+        start += width
+    return out
 
 
 def _squeeze_excite(d: int) -> nn.Sequential:

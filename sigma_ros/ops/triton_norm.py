@@ -5,10 +5,13 @@ two passes over a float32 map where one would do. Sigma has about 95 LayerNorms 
 scan orders and gates the normalised sum by SiLU(z) around one of them. This kernel reads its inputs in whatever
 dtype and strides they come in, keeps the statistics in float32, and writes the dtype its consumer needs:
 
-    y = LayerNorm(x [+ other]) [* SiLU(gate)]
+    y = LayerNorm(x [+ other]) [* SiLU(gate)] [* scale]
 
 x, other and gate are (batch, H, W, C) maps (other, for instance, the transposed view of SS2D's column-order scan);
-inputs of another rank are viewed as such. The result is a new contiguous tensor of x's shape.
+inputs of another rank are viewed as such. ``scale`` (batch, C) multiplies each map's channels (ConMB's cross-modal
+squeeze-excite gates). The result is a new contiguous tensor of x's shape, or ``out``, any view of that shape (ConMB
+writes its two gated norms into the halves of its out-projection's input, so no product, concatenation or cast
+runs after them).
 """
 from __future__ import annotations
 
@@ -33,9 +36,10 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_kernel(
-        x_ptr, other_ptr, gate_ptr, w_ptr, b_ptr, y_ptr, n_rows, H, W, C, eps,
-        sx_b, sx_h, sx_w, sx_c, so_b, so_h, so_w, so_c, sg_b, sg_h, sg_w, sg_c,
-        HAS_OTHER: tl.constexpr, HAS_GATE: tl.constexpr, ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+        x_ptr, other_ptr, gate_ptr, scale_ptr, w_ptr, b_ptr, y_ptr, n_rows, H, W, C, eps,
+        sx_b, sx_h, sx_w, sx_c, so_b, so_h, so_w, so_c, sg_b, sg_h, sg_w, sg_c, sy_b, sy_h, sy_w, sy_c,
+        HAS_OTHER: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SCALE: tl.constexpr, ROWS: tl.constexpr,
+        BLOCK_C: tl.constexpr,
     ):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
         cols = tl.arange(0, BLOCK_C)
@@ -55,7 +59,10 @@ if triton is not None:
             g = tl.load(gate_ptr + _row_offsets(rows, H, W, sg_b, sg_h, sg_w)[:, None] + cols[None, :] * sg_c,
                         mask=mask, other=0.0).to(tl.float32)
             y = y * g * tl.sigmoid(g)
-        tl.store(y_ptr + rows[:, None] * C + cols[None, :], y.to(y_ptr.dtype.element_ty), mask=mask)
+        if HAS_SCALE:
+            y *= tl.load(scale_ptr + (rows // (H * W))[:, None] * C + cols[None, :], mask=mask, other=0.0)
+        tl.store(y_ptr + _row_offsets(rows, H, W, sy_b, sy_h, sy_w)[:, None] + cols[None, :] * sy_c,
+                 y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def _as_maps(t: torch.Tensor) -> torch.Tensor:
@@ -67,26 +74,33 @@ def _as_maps(t: torch.Tensor) -> torch.Tensor:
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                other: torch.Tensor | None = None, gate: torch.Tensor | None = None,
-               out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """LayerNorm(x + other) * SiLU(gate) over the last dimension; see the module docstring."""
+               out_dtype: torch.dtype | None = None, scale: torch.Tensor | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm(x + other) * SiLU(gate) * scale over the last dimension; see the module docstring. The result is
+    written to ``out`` where given (its dtype, not ``out_dtype``)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     channels = x.shape[-1]
-    for t in (other, gate):
+    for t in (other, gate, out):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"shape mismatch: {tuple(t.shape)} against x {tuple(x.shape)}")
     maps = _as_maps(x)
     other_maps = _as_maps(other) if other is not None else maps
     gate_maps = _as_maps(gate) if gate is not None else maps
-    y = torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
+    y = out if out is not None else torch.empty(x.shape, dtype=out_dtype or x.dtype, device=x.device)
     batch, height, width, _ = maps.shape
+    if scale is not None:
+        if scale.shape != (batch, channels):
+            raise ValueError(f"scale must be (batch, channels) = {(batch, channels)}, got {tuple(scale.shape)}")
+        scale = scale.float().contiguous()
     n_rows = batch * height * width
     block_c = triton.next_power_of_2(channels)
     rows = max(1, 2048 // block_c)
     _layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
-        maps, other_maps, gate_maps, weight, bias, y, n_rows, height, width, channels, eps,
-        *maps.stride(), *other_maps.stride(), *gate_maps.stride(),
-        HAS_OTHER=other is not None, HAS_GATE=gate is not None, ROWS=rows, BLOCK_C=block_c,
+        maps, other_maps, gate_maps, scale if scale is not None else weight, weight, bias, y, n_rows, height, width,
+        channels, eps, *maps.stride(), *other_maps.stride(), *gate_maps.stride(), *_as_maps(y).stride(),
+        HAS_OTHER=other is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None, ROWS=rows,
+        BLOCK_C=block_c,
         num_warps=4 if block_c * rows <= 2048 else 8,
     )
     return y

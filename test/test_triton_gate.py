@@ -53,3 +53,23 @@ def test_gate_rejects_weights_of_another_shape(kernel):
     pooled = torch.randn(1, 2, 8, device=DEVICE)
     with pytest.raises(ValueError, match="do not make a 8 -> hidden -> 8 MLP"):
         kernel.channel_gate(pooled, torch.randn(2, 9, device=DEVICE), torch.randn(8, 2, device=DEVICE))
+
+
+def test_gated_residual_equals_the_product_then_addcmul(kernel):
+    """The decoder's conv branch: y (a permuted channels-first map, as the convolution leaves it) times its bf16
+    gate, rounded to bf16 as the separate multiply did, plus the float32 residual x times the block's scale, in the
+    dtype addcmul gives (float32)."""
+    g = torch.Generator().manual_seed(3)
+    b, h, w, c = 2, 3, 5, 150  # ragged channel blocks
+    y = torch.randn(b, c, h, w, generator=g).to(torch.bfloat16).to(DEVICE)  # (B, C, H, W) storage
+    gate = torch.rand(b, c, generator=g).to(torch.bfloat16).to(DEVICE)
+    x, scale = torch.randn(b, h, w, c, generator=g).to(DEVICE), torch.randn(c, generator=g).to(DEVICE)
+    out = kernel.gated_residual(y.permute(0, 2, 3, 1), gate, x, scale)
+    product = (y * gate[:, :, None, None]).permute(0, 2, 3, 1)  # bf16, as ChannelAttention returned it
+    expected = torch.addcmul(product, x, scale)
+    assert out.shape == expected.shape and out.dtype == expected.dtype == torch.float32 and out.is_contiguous()
+    # The GPU rounds the product to bf16 as torch does; Triton's CPU interpreter truncates: one bf16 step apart.
+    tolerance = 1e-6 if DEVICE == "cuda" else 2.0**-7
+    assert ((out - expected).abs() <= tolerance * (1 + product.float().abs())).all()
+    with pytest.raises(ValueError, match="shapes"):
+        kernel.gated_residual(y.permute(0, 2, 3, 1), gate[:, :-1], x, scale)

@@ -27,16 +27,23 @@ def test_mean_and_max_match_torch(kernel, shape):
 
 
 def test_channel_attention_and_concat_fusion_match_on_the_fused_path(kernel):
-    from sigma_ros.model.sigma import ChannelAttention, ConcatMambaFusion, fused_norms, fused_scans
+    """Also the decoder block, whose channel-attention gate the fused path applies with its residual sum."""
+    from sigma_ros.model.sigma import (ChannelAttention, ConcatMambaFusion, CVSSDecoderBlock, fused_norms,
+                                       fused_scans)
 
     torch.manual_seed(0)
     attention = ChannelAttention(60).to(DEVICE)
     x = torch.randn(1, 60, 5, 7, device=DEVICE)
     fusion = ConcatMambaFusion(16, d_state=4, ssm_ratio=1.0).to(DEVICE)
     rgb, other = torch.randn(1, 4, 5, 16, device=DEVICE), torch.randn(1, 4, 5, 16, device=DEVICE)
+    block = CVSSDecoderBlock(60, d_state=4, ssm_ratio=1.0, drop_path=0.0).to(DEVICE).eval()
+    with torch.no_grad():
+        block.scale1.uniform_(0.5, 1.5)
+        block.scale2.uniform_(0.5, 1.5)
+    x_block = torch.randn(1, 5, 7, 60, device=DEVICE)
     with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):  # exact float32 convs on GPUs
-        expected = attention(x), fusion(rgb, other)
+        expected = attention(x), fusion(rgb, other), block(x_block)
         with fused_norms(), fused_scans():
-            fused = attention(x), fusion(rgb, other)
+            fused = attention(x), fusion(rgb, other), block(x_block)
     for f, e in zip(fused, expected):
         assert (f - e).abs().max().item() < 1e-5

@@ -726,6 +726,13 @@ class RGBXEncoder(nn.Module):
 # --------------------------------------------------------------------------------------------------------------------
 # Decoder: channel-aware Mamba decoder (CVSS blocks), additive skips, bias-free 1x1 head
 # --------------------------------------------------------------------------------------------------------------------
+def _fast_kernels_run_on(x: torch.Tensor) -> bool:
+    """Whether the fast path's Triton kernels take this tensor (one rule for all of them, ``ops.triton_scan``)."""
+    from ..ops import triton_scan
+
+    return triton_scan.runs_on(x)
+
+
 def _mean_and_max(x: torch.Tensor) -> torch.Tensor | None:
     """(B, 2, C) float32 mean and max over the pixels of a channels-last map in one Triton pass on the fast path
     (``ops.triton_pool``); None elsewhere (callers use torch's reductions)."""
@@ -755,12 +762,18 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W)
-        pooled = _mean_and_max(x.permute(0, 2, 3, 1))
-        if pooled is not None:  # the fast path: MLP of both pools, their sum and the sigmoid in one kernel
-            return x * _mlp_gate(pooled, self.fc, x.dtype)[:, :, None, None]
+        gate = self.fused_gate(x)
+        if gate is not None:
+            return x * gate[:, :, None, None]
         # amax/mean over H, W equal the official adaptive pools and are much faster on GPUs
         attn = self.fc(x.mean(dim=(2, 3), keepdim=True)) + self.fc(x.amax(dim=(2, 3), keepdim=True))
         return x * torch.sigmoid(attn)
+
+    def fused_gate(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The fast path's gate (B, C) in x's dtype: both pools in one kernel, the MLP of both, their sum and the
+        sigmoid in another. None elsewhere."""
+        pooled = _mean_and_max(x.permute(0, 2, 3, 1))
+        return _mlp_gate(pooled, self.fc, x.dtype) if pooled is not None else None
 
 
 class ChannelAttentionBlock(nn.Module):
@@ -793,7 +806,18 @@ class CVSSDecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, H, W, C)
         # y + x * scale as one addcmul: one pass over the map instead of a multiply and an add
         x = torch.addcmul(self.drop_path(self.branch(x)), x, self.scale1)
+        if _fused_norms_apply() and _fast_kernels_run_on(x):
+            return self._fused_conv_branch_residual(x)
         return torch.addcmul(self.conv_branch(x), x, self.scale2)
+
+    def _fused_conv_branch_residual(self, x: torch.Tensor) -> torch.Tensor:
+        """conv_branch(x) + x * scale2 on the fast path: the channel attention's gate is applied by the kernel that
+        adds the residual (``ops.triton_gate.gated_residual``), one pass over the map instead of two."""
+        from ..ops import triton_gate
+
+        cab = self.conv_blk.cab
+        y = cab[2](cab[1](cab[0](self.norm2(x).permute(0, 3, 1, 2))))  # the convolutions, (B, C, H, W)
+        return triton_gate.gated_residual(y.permute(0, 2, 3, 1), cab[3].fused_gate(y), x, self.scale2)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.op(self.norm1(x))

@@ -8,6 +8,9 @@ cast, two GEMMs, the SiLU, the sum, the sigmoid), some 90 launches a Sigma-T fra
     gate[b, c] = sigmoid(sum_j sum_k W2[c, k] SiLU(sum_i W1[k, i] p[b, j, i]))      j over the P pooled vectors
 
 Weights in any float dtype, arithmetic in float32.
+
+``gated_residual`` applies such a gate where the decoder's blocks do, together with their residual:
+out = (y * gate) + x * scale, the product rounded to y's dtype as the separate multiply did (two kernels before).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ except ImportError:  # pragma: no cover - CPU-only installs
 
 from .triton_scan import runs_on  # one rule for where the Triton kernels run
 
-__all__ = ["channel_gate", "runs_on"]
+__all__ = ["channel_gate", "gated_residual", "runs_on"]
 
 
 if triton is not None:
@@ -53,6 +56,23 @@ if triton is not None:
         gate = tl.sigmoid(acc)
         tl.store(out_ptr + b * C + offs_out, gate.to(out_ptr.dtype.element_ty), mask=mask_out)
 
+    @triton.jit
+    def _gated_residual_kernel(y_ptr, g_ptr, x_ptr, s_ptr, out_ptr, n_rows, H, W, C,
+                               sy_b, sy_h, sy_w, sy_c, sx_b, sx_h, sx_w, sx_c,
+                               ROWS: tl.constexpr, BLOCK_C: tl.constexpr):
+        """Program: ROWS pixels x BLOCK_C channels of (batch, H, W, C) maps in any strides; out is contiguous."""
+        rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
+        cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask = (rows < n_rows)[:, None] & (cols < C)[None, :]
+        b, h, w = rows // (H * W), (rows // W) % H, rows % W
+        y = tl.load(y_ptr + (b * sy_b + h * sy_h + w * sy_w)[:, None] + cols[None, :] * sy_c, mask=mask, other=0.0)
+        g = tl.load(g_ptr + b[:, None] * C + cols[None, :], mask=mask, other=0.0)
+        gated = (y.to(tl.float32) * g.to(tl.float32)).to(y_ptr.dtype.element_ty).to(tl.float32)
+        x = tl.load(x_ptr + (b * sx_b + h * sx_h + w * sx_w)[:, None] + cols[None, :] * sx_c, mask=mask, other=0.0)
+        scale = tl.load(s_ptr + cols, mask=cols < C, other=0.0).to(tl.float32)
+        out = gated + x.to(tl.float32) * scale[None, :]
+        tl.store(out_ptr + rows[:, None] * C + cols[None, :], out.to(out_ptr.dtype.element_ty), mask=mask)
+
 
 def channel_gate(pooled: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
                  out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -76,4 +96,25 @@ def channel_gate(pooled: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor,
     _gate_kernel[(batch, triton.cdiv(channels, block_c))](
         pooled, w1, w2, out, channels, hidden, pooled.stride(0), pooled.stride(1), P=terms, BLOCK_H=block_h,
         BLOCK_C=block_c, num_warps=8 if block_h * block_c > 4096 else 4)
+    return out
+
+
+def gated_residual(y: torch.Tensor, gate: torch.Tensor, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """y * gate[:, None, None, :] + x * scale for channels-last maps y and x (batch, H, W, C) in any strides, a
+    gate (batch, C) and a scale (C,): the product in y's dtype, then the sum in the dtype ``torch.addcmul`` would
+    give (float32 for a float32 x); see the module docstring. A new contiguous map."""
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    batch, height, width, channels = y.shape
+    if x.shape != y.shape or gate.shape != (batch, channels) or scale.shape != (channels,):
+        raise ValueError(f"shapes: y {tuple(y.shape)}, gate {tuple(gate.shape)}, x {tuple(x.shape)}, "
+                         f"scale {tuple(scale.shape)}")
+    out = torch.empty(y.shape, dtype=torch.promote_types(torch.promote_types(y.dtype, x.dtype), scale.dtype),
+                      device=y.device)
+    n_rows = batch * height * width
+    block_c = min(128, triton.next_power_of_2(channels))
+    rows = max(1, 2048 // block_c)
+    _gated_residual_kernel[(triton.cdiv(n_rows, rows), triton.cdiv(channels, block_c))](
+        y, gate.contiguous(), x, scale.contiguous(), out, n_rows, height, width, channels, *y.stride(), *x.stride(),
+        ROWS=rows, BLOCK_C=block_c, num_warps=4)
     return out

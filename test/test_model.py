@@ -152,8 +152,9 @@ def test_fusion_blocks_run_where_their_stage_is_ready(micro_cfg):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="side streams need a GPU")
 def test_fusion_on_side_streams_gives_the_logits_of_one_stream(micro_cfg):
     """Each stage's fusion on its own stream, the encoder going on meanwhile, eagerly and replayed as a CUDA graph:
-    bitwise the logits of one stream, for successive frames (memory one stream frees is not reused while another
-    still reads it)."""
+    the logits of one stream, for successive frames (memory one stream frees is not reused while another still
+    reads it: a race would hand a block another frame's data). Not bitwise: the pooling kernel's mean adds partial
+    sums with atomics, whose order varies from run to run on one stream too."""
     from sigma_ros.model.fast import build_fast_forward
     from sigma_ros.model.sigma import concurrent_fusion, fused_norms, fused_scans
 
@@ -165,10 +166,12 @@ def test_fusion_on_side_streams_gives_the_logits_of_one_stream(micro_cfg):
         one_stream = [model(rgb, x) for rgb, x in frames]
         with concurrent_fusion():
             side_streams = [model(rgb, x) for rgb, x in frames]
-    assert all(torch.equal(a, b) for a, b in zip(one_stream, side_streams))
+    for a, b in zip(one_stream, side_streams):
+        assert (a - b).abs().max().item() <= 1e-5 * a.abs().max().item()
     plain, concurrent = (build_fast_forward(model, torch.bfloat16, concurrent=c) for c in (False, True))
     for rgb, x in frames + frames[:1]:
-        assert torch.equal(plain(rgb, x), concurrent(rgb, x))
+        a, b = plain(rgb, x), concurrent(rgb, x)
+        assert (a - b).abs().max().item() <= 1e-2 * a.abs().max().item()  # bf16: a flipped rounding, at most
 
 
 def test_checkpoint_round_trip(tmp_path, micro_cfg):

@@ -397,8 +397,10 @@ def _multiprocessors(device_index: int) -> int:
 def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[int, int, int, int]:
     """(BLOCK_D, segments, num_warps, steps) for a scan shape, from sweeps over Sigma's scans on an H100
     (bench/bench_gpu_scan.py --sweep; bench/RESULTS.md): one channel a lane, and the sequence cut into segments until
-    there are about 24 programs a multiprocessor. More segments fill the GPU further but repeat more work (the second
-    pass, the fold of the summaries); at 24 the measured time was lowest for every scan of Sigma-T. Four steps in
+    there are about 16 programs a multiprocessor. More segments fill the GPU further but repeat more work (the second
+    pass, the fold of the summaries). Alone, 24 timed best for every scan of Sigma-T; with the fusion blocks on side
+    streams beside the encoder (``model.sigma.concurrent_fusion``) 16 gave the fastest whole forward on an H200
+    (8, 12, 16, 24 and 36 timed). Four steps in
     flight hide the loads' latency best where segments are long or states few; at d_state 16 with short segments
     (Sigma's last two stages) their registers cost more occupancy than they hide, and one step does best."""
     segments = pick_segments(batch_dirs, dim, seq_len, 32)
@@ -406,7 +408,7 @@ def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[
     return 32, segments, 1, steps
 
 
-def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_per_sm: int = 24) -> int:
+def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_per_sm: int = 16) -> int:
     """Segments for about ``warps_per_sm`` one-warp programs per multiprocessor: at most 256, none under 16 steps."""
     sms = _multiprocessors(torch.cuda.current_device()) if torch.cuda.is_available() else 132
     warps = batch_dirs * math.ceil(dim / block_d)

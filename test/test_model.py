@@ -175,6 +175,22 @@ def test_fusion_on_side_streams_gives_the_logits_of_one_stream(micro_cfg):
         assert (a - b).abs().max().item() <= 1e-2 * a.abs().max().item()  # bf16: a flipped rounding, at most
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="side streams need a GPU")
+def test_each_thread_has_its_own_side_streams():
+    """A graph captured in one thread must not take in work another thread puts on a shared side stream."""
+    import threading
+
+    from sigma_ros.model.sigma import _side_stream
+
+    device = torch.device("cuda")
+    here = _side_stream(device, 0)
+    other = []
+    worker = threading.Thread(target=lambda: other.append(_side_stream(device, 0)))
+    worker.start()
+    worker.join()
+    assert _side_stream(device, 0) is here and other[0] is not here and _side_stream(device, 1) is not here
+
+
 def test_checkpoint_round_trip(tmp_path, micro_cfg):
     torch.manual_seed(2)
     model = build_sigma(micro_cfg).eval()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -119,12 +120,14 @@ def _concurrent_fusion_applies(x: torch.Tensor) -> bool:
     return _concurrent_fusion and x.is_cuda and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
 
 
-_side_streams: dict[tuple[int, int], torch.cuda.Stream] = {}
+_side_streams: dict[tuple[int, int, int], torch.cuda.Stream] = {}
 
 
 def _side_stream(device: torch.device, i: int) -> torch.cuda.Stream:
-    """Side stream i of a device, made once (a CUDA graph captures work on it as a branch of its graph)."""
-    key = (device.index if device.index is not None else torch.cuda.current_device(), i)
+    """Side stream i of a device for the calling thread, made once. A CUDA graph captures work on it as a branch of
+    its graph; one per thread, so that a capture in one thread (two nodes in one process, say) never takes in work
+    another thread puts on the same stream."""
+    key = (device.index if device.index is not None else torch.cuda.current_device(), threading.get_ident(), i)
     if key not in _side_streams:
         _side_streams[key] = torch.cuda.Stream(device=device)
     return _side_streams[key]

@@ -399,10 +399,10 @@ def pick_config(batch_dirs: int, dim: int, seq_len: int, d_state: int) -> tuple[
     (bench/bench_gpu_scan.py --sweep; bench/RESULTS.md): one channel a lane, and the sequence cut into segments until
     there are about 16 programs a multiprocessor. More segments fill the GPU further but repeat more work (the second
     pass, the fold of the summaries). Alone, 24 timed best for every scan of Sigma-T; with the fusion blocks on side
-    streams beside the encoder (``model.sigma.concurrent_fusion``) 16 gave the fastest whole forward on an H200
-    (8, 12, 16, 24 and 36 timed). Four steps in
-    flight hide the loads' latency best where segments are long or states few; at d_state 16 with short segments
-    (Sigma's last two stages) their registers cost more occupancy than they hide, and one step does best."""
+    streams beside the encoder (``model.sigma.concurrent_fusion``) 16 gave the fastest whole forward on an H200 (8,
+    12, 16, 24 and 36 timed). Four steps in flight hide the loads' latency best where segments are long or states
+    few; at d_state 16 with short segments (Sigma's last two stages) their registers cost more occupancy than they
+    hide, and one step does best."""
     segments = pick_segments(batch_dirs, dim, seq_len, 32)
     steps = 4 if d_state <= 4 or math.ceil(seq_len / segments) >= 128 else 1
     return 32, segments, 1, steps

@@ -49,6 +49,37 @@ def test_layer_norm_adds_a_strided_twin_and_gates(triton_norm):
     assert half.dtype == torch.bfloat16 and (half.float() - expected).abs().max().item() < 3e-2
 
 
+def test_layer_norm_adds_each_inputs_reversed_twin_first(triton_norm):
+    """SS2D's four scan outputs kept apart (``twins_apart``): LN((rows + rows_twin) + (cols + cols_twin)), summed in
+    that order, so the result is bitwise the norm of the two summed orders; ConMB's: x + x_twin alone, scaled. A
+    twin must have its partner's strides, and other's twin comes exactly with other."""
+    g = torch.Generator().manual_seed(4)
+    b, h, w, c = 2, 3, 5, 16
+    ys = torch.randn(b, 4, h, w, c, generator=g).to(DEVICE)
+    z = torch.randn(b, h, w, c, generator=g).to(DEVICE)
+    weight, bias = _params(g, c)
+    rows, cols = ys[:, 0] + ys[:, 2], ys[:, 1] + ys[:, 3]
+    y = triton_norm.layer_norm(ys[:, 0], weight, bias, 1e-5, other=ys[:, 1], gate=z, x_twin=ys[:, 2],
+                               other_twin=ys[:, 3])
+    assert torch.equal(y, triton_norm.layer_norm(rows, weight, bias, 1e-5, other=cols, gate=z))
+    assert (y - F.layer_norm(rows + cols, (c,), weight, bias, 1e-5) * F.silu(z)).abs().max().item() < 1e-5
+    scale = torch.rand(b, c, generator=g).to(DEVICE)
+    alone = triton_norm.layer_norm(ys[:, 0], weight, bias, 1e-5, scale=scale, x_twin=ys[:, 2])
+    assert torch.equal(alone, triton_norm.layer_norm(rows, weight, bias, 1e-5, scale=scale))
+    module = LayerNorm(c).to(DEVICE)
+    with torch.no_grad():
+        module.weight.copy_(weight), module.bias.copy_(bias)
+        plain = module(ys[:, 0], other=ys[:, 1], gate=z, x_twin=ys[:, 2], other_twin=ys[:, 3])  # torch's ops
+        with fused_norms():
+            assert (module(ys[:, 0], other=ys[:, 1], gate=z, x_twin=ys[:, 2], other_twin=ys[:, 3]) - plain
+                    ).abs().max().item() < 1e-5
+    with pytest.raises(ValueError, match="partner's strides"):
+        triton_norm.layer_norm(ys[:, 0], weight, bias, 1e-5, x_twin=ys[:, 2].contiguous().transpose(1, 2)
+                               .contiguous().transpose(1, 2))
+    with pytest.raises(ValueError, match="exactly when other"):
+        triton_norm.layer_norm(ys[:, 0], weight, bias, 1e-5, other=ys[:, 1], x_twin=ys[:, 2])
+
+
 def test_layer_norm_scales_channels_per_map_and_writes_into_a_slice(triton_norm):
     """ConMB's gated norms: each map's channels times its (batch, C) gate, written into one half of a wider
     tensor in the next matmul's dtype, the other half untouched. The rounding happens once, after the product."""

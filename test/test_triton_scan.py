@@ -109,13 +109,40 @@ def test_first_pass_zeroes_the_outputs_twin_directions_add_onto(kernel, monkeypa
     three segments and a short last one, ConMB's reversed twin over seven."""
     original = kernel._output
 
-    def poisoned(u, zeroed, channels_last):
-        y = original(u, zeroed, channels_last)
+    def poisoned(u, zeroed, channels_last, groups=0):
+        y = original(u, zeroed, channels_last, groups)
         return y if zeroed else y.fill_(float("nan"))
 
     monkeypatch.setattr(kernel, "_output", poisoned)
     test_fused_scan_reads_column_order_in_place(kernel, 1, 13, 37, 2)
     test_fused_scan_equals_flipped_copies(kernel, 1, True, 5, 50, 4, (2, 7, 1, 1))
+
+
+@pytest.mark.parametrize("groups,map_height,seq_len,config", [
+    (2, 3, 15, (4, 3, 1, 2)),   # SS2D: row and column orders of a 3 x 5 map, each with its reversed twin; 3 segments
+    (1, 0, 50, (2, 7, 1, 1)),   # ConMB: one sequence and its reversed twin, 7 segments
+    (1, 0, 20, (4, 1, 1, 2)),   # one segment: no first pass, and nothing to zero
+])
+def test_twins_apart_add_up_to_the_summed_result_bitwise(kernel, monkeypatch, groups, map_height, seq_len, config):
+    """twins_apart: each direction's own output, map G + g the reversed twin of map g, with plain stores where the
+    summed result takes atomic adds onto zeros. Their sum is bitwise the summed result; the buffer is poisoned
+    with NaN first, so every element must be written and none relies on a zeroing pass."""
+    g = torch.Generator().manual_seed(11)
+    u, delta, a, b, c, d, bias = _inputs(g, 2, groups, True, 5, seq_len, 4)
+    if map_height:  # one row-major tensor serves both orders
+        u = u[:, :1].expand(-1, 2, -1, -1)
+    summed = kernel.scan_directions(u, delta, a, b, c, d, bias, True, map_height=map_height, config=config)
+    original = kernel._output
+    monkeypatch.setattr(kernel, "_output", lambda *args: original(*args).fill_(float("nan")))
+    apart = kernel.scan_directions(u, delta, a, b, c, d, bias, True, map_height=map_height, config=config,
+                                   twins_apart=True)
+    assert apart.shape == (2, 2 * groups, 5, seq_len)
+    assert torch.equal(apart[:, :groups] + apart[:, groups:], summed)
+    one_way = kernel.scan_directions(u[:, :1], delta[:, :1], a[:5], b[:, :1], c[:, :1], d[:5], bias[:5], False,
+                                     config=config, twins_apart=True)  # no twins: the plain result
+    assert one_way.shape == (2, 1, 5, seq_len) and torch.isfinite(one_way).all()
+    with pytest.raises(ValueError, match="twins_apart is for inference"):
+        kernel.scan_directions(u, delta, a, b, c, d, bias, True, twins_apart=True, summaries=True)
 
 
 def test_fused_scan_takes_half_precision_inputs(kernel):
@@ -188,8 +215,9 @@ def test_fused_scan_custom_op_fake_matches(kernel):
     g = torch.Generator().manual_seed(3)
     args = _inputs(g, 1, 1, True, 4, 24, 4)
     for channels_last in (False, True):
-        torch.library.opcheck(kernel.scan_directions_op, (*args, True, channels_last),
-                              test_utils=("test_schema", "test_faketensor"))
+        for twins_apart in (False, True):
+            torch.library.opcheck(kernel.scan_directions_op, (*args, True, channels_last, 0, twins_apart),
+                                  test_utils=("test_schema", "test_faketensor"))
 
 
 @pytest.mark.parametrize("block,d_state", [("ss2d", 4), ("cromb", 4), ("conmb", 4), ("ss2d", 3)])

@@ -162,14 +162,18 @@ class LayerNorm(nn.LayerNorm):
         super().__init__(dim)
         self.feeds_matmul = feeds_matmul
 
-    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None,
-                gate: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, other: torch.Tensor | None = None, gate: torch.Tensor | None = None,
+                x_twin: torch.Tensor | None = None, other_twin: torch.Tensor | None = None) -> torch.Tensor:
+        """LN((x + x_twin) + (other + other_twin)) * SiLU(gate); the twins are a scan's reversed directions, kept
+        apart by the fused scan (``triton_scan.scan_directions(twins_apart=True)``)."""
         if _fused_norms_apply():
             from ..ops import triton_norm
 
             if triton_norm.runs_on(x):
                 return triton_norm.layer_norm(x, self.weight, self.bias, self.eps, other, gate,
-                                              self._out_dtype(x, gate))
+                                              self._out_dtype(x, gate), x_twin=x_twin, other_twin=other_twin)
+        x = x if x_twin is None else x + x_twin
+        other = other if other_twin is None else other + other_twin
         y = super().forward(x if other is None else x + other)
         return y if gate is None else y.to(gate.dtype) * F.silu(gate)
 
@@ -296,7 +300,8 @@ class SSMParams(nn.Module):
 
     def _scan_tokens(self, x: torch.Tensor, map_height: int = 0) -> torch.Tensor:
         """The fused kernel's path (inference, and training with ``triton_training_scans``): x (B, L, D) row-major
-        tokens -> (B, G, L, D) float32.
+        tokens -> (B, G, L, D) float32 in training; in inference (B, K, L, D), each direction's output apart (map
+        g + G the reversed twin of map g), for the norm that reads them to add.
 
         Every direction scans forwards and reversed. ConMB (G = 1): the token sequence. SS2D (G = 2, ``map_height``
         = H): the (H, L/H) map in row and in column order; the kernel reads the column order from the same row-major
@@ -324,7 +329,7 @@ class SSMParams(nn.Module):
             dts, bias = _step_sizes(dt_low, dt_proj, bias, k)
             y = triton_scan.scan_directions_op(u, dts.view(b, seq_len, k, d).permute(0, 2, 3, 1),  # (B, K, D, L)
                                                a, bcs[:, :, :n], bcs[:, :, n:], self.Ds.float(), bias, True, True,
-                                               map_height)
+                                               map_height, twins_apart=True)
         return y.transpose(-1, -2)
 
     _frozen: tuple | None = None
@@ -433,7 +438,14 @@ class SS2D(SSMParams):
         x, z = _conv_silu(self.conv2d, xz[..., :d]), xz[..., d:]
         b, h, w, _ = x.shape
         ys = self._scan_tokens(x.reshape(b, h * w, d), map_height=h)
-        return self.out_proj(self.out_norm(ys[:, 0].view(b, h, w, d), other=ys[:, 1].view(b, h, w, d), gate=z))
+        return self.out_proj(self.out_norm(**_maps(ys, b, h, w, d), gate=z))
+
+
+def _maps(ys: torch.Tensor, b: int, h: int, w: int, d: int) -> dict:
+    """SS2D's four scan outputs (B, 4, L, D) as the norm's arguments: the row order, the column order, and each one's
+    reversed twin, as (B, H, W, D) maps."""
+    row, column, row_twin, column_twin = (ys[:, i].view(b, h, w, d) for i in range(4))
+    return dict(x=row, other=column, x_twin=row_twin, other_twin=column_twin)
 
 
 class VSSBlock(nn.Module):
@@ -634,33 +646,40 @@ class ConcatMambaFusion(SSMParams):
 
     def forward(self, rgb: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = rgb.shape
+        n = h * w
         p_r, p_x = self.in_proj(rgb), self.in_proj_modalx(x)  # (B, H, W, D), before the conv: feeds the SE gate
         if fused_scan_applies(rgb, self.d_state):  # the sequence stored (B, 2L, D), as the fused kernel reads fastest
             u_r, u_x = _conv_silu(self.conv2d, p_r), _conv_silu(self.conv2d_modalx, p_x)
-            y = self._scan_tokens(torch.cat([u_r.flatten(1, 2), u_x.flatten(1, 2)], dim=1))[:, 0].transpose(1, 2)
+            ys = self._scan_tokens(torch.cat([u_r.flatten(1, 2), u_x.flatten(1, 2)], dim=1))  # (B, 2, 2L, D)
+            # each half as (B, H, W, D) maps: the forward scan's output and its reversed twin's, added by the norm
+            (y_r, y_r_twin), (y_x, y_x_twin) = ((t[:, 0], t[:, 1]) for t in (ys[:, :, :n].unflatten(2, (h, w)),
+                                                                             ys[:, :, n:].unflatten(2, (h, w))))
         else:
             u_r = F.silu(self.conv2d(p_r.permute(0, 3, 1, 2)))
             u_x = F.silu(self.conv2d_modalx(p_x.permute(0, 3, 1, 2)))
             seq = torch.cat([u_r.flatten(2), u_x.flatten(2)], dim=2)
             y = self._scan(seq[:, None])[:, 0]  # (B, D, 2L): forwards + reversed
-        d, n = y.shape[1], h * w
-        y_r, y_x = y[..., :n].transpose(1, 2).reshape(b, h, w, d), y[..., n:].transpose(1, 2).reshape(b, h, w, d)
+            d = y.shape[1]
+            y_r, y_x = y[..., :n].transpose(1, 2).reshape(b, h, w, d), y[..., n:].transpose(1, 2).reshape(b, h, w, d)
+            y_r_twin = y_x_twin = None
         pooled_r, pooled_x = _mean_and_max(p_r), _mean_and_max(p_x)
         if pooled_r is not None:  # the fast path: each SE gate is one kernel on the mean, each gated norm another
             gate_r, gate_x = _mlp_gate(pooled_r[:, :1], self.fc1), _mlp_gate(pooled_x[:, :1], self.fc2)
-            return self.out_proj(_gated_norms_side_by_side((self.out_norm1, y_r, gate_x), (self.out_norm2, y_x, gate_r),
-                                                           dtype=rgb.dtype))
+            return self.out_proj(_gated_norms_side_by_side((self.out_norm1, y_r, gate_x, y_r_twin),
+                                                           (self.out_norm2, y_x, gate_r, y_x_twin), dtype=rgb.dtype))
         gate_r, gate_x = self.fc1(p_r.mean(dim=(1, 2))), self.fc2(p_x.mean(dim=(1, 2)))
-        y_r, y_x = self.out_norm1(y_r).to(rgb.dtype), self.out_norm2(y_x).to(x.dtype)
+        y_r = self.out_norm1(y_r, x_twin=y_r_twin).to(rgb.dtype)
+        y_x = self.out_norm2(y_x, x_twin=y_x_twin).to(x.dtype)
         return self.out_proj(torch.cat([y_r * gate_x[:, None, None, :], y_x * gate_r[:, None, None, :]], dim=-1))
 
 
-def _gated_norms_side_by_side(*parts: tuple[LayerNorm, torch.Tensor, torch.Tensor], dtype: torch.dtype
-                              ) -> torch.Tensor:
-    """cat([norm(x) * gate for norm, x, gate in parts], -1) for the fast path, in the dtype the next Linear takes
-    (autocast's, else ``dtype``): each norm, its gate (B, C) and the rounding in one Triton kernel
-    (``ops.triton_norm``) that writes its slice of the result, where the plain expression takes a norm, a product,
-    a concatenation and a cast. The values are the same: float32 norm times float32 gate, rounded once."""
+def _gated_norms_side_by_side(*parts: tuple[LayerNorm, torch.Tensor, torch.Tensor, torch.Tensor | None],
+                              dtype: torch.dtype) -> torch.Tensor:
+    """cat([norm(x + x_twin) * gate for norm, x, gate, x_twin in parts], -1) for the fast path, in the dtype the
+    next Linear takes (autocast's, else ``dtype``): each norm, its gate (B, C), the twin (the reversed scan's output,
+    or None) and the rounding in one Triton kernel (``ops.triton_norm``) that writes its slice of the result, where
+    the plain expression takes a sum, a norm, a product, a concatenation and a cast. The values are the same: float32
+    norm times float32 gate, rounded once."""
     from ..ops import triton_norm
 
     x = parts[0][1]
@@ -668,9 +687,10 @@ def _gated_norms_side_by_side(*parts: tuple[LayerNorm, torch.Tensor, torch.Tenso
         dtype = torch.get_autocast_dtype(x.device.type)
     out = x.new_empty(*x.shape[:-1], sum(p[1].shape[-1] for p in parts), dtype=dtype)
     start = 0
-    for norm, x, gate in parts:
+    for norm, x, gate, x_twin in parts:
         width = x.shape[-1]
-        triton_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, scale=gate, out=out[..., start:start + width])
+        triton_norm.layer_norm(x, norm.weight, norm.bias, norm.eps, scale=gate, out=out[..., start:start + width],
+                               x_twin=x_twin)
         start += width
     return out
 

@@ -7,6 +7,10 @@ dtype and strides they come in, keeps the statistics in float32, and writes the 
 
     y = LayerNorm(x [+ other]) [* SiLU(gate)] [* scale]
 
+x and other may each come with a twin, added first: LayerNorm((x + x_twin) + (other + other_twin)). The fused scan
+stores a reversed direction's output apart from its forward twin's (``triton_scan.scan_directions(twins_apart=True)``),
+so this kernel's loads do the sums its atomic adds would have done, in the same order.
+
 x, other and gate are (batch, H, W, C) maps (other, for instance, the transposed view of SS2D's column-order scan);
 inputs of another rank are viewed as such. ``scale`` (batch, C) multiplies each map's channels (ConMB's cross-modal
 squeeze-excite gates). The result is a new contiguous tensor of x's shape, or ``out``, any view of that shape (ConMB
@@ -36,19 +40,24 @@ if triton is not None:
 
     @triton.jit
     def _layer_norm_kernel(
-        x_ptr, other_ptr, gate_ptr, scale_ptr, w_ptr, b_ptr, y_ptr, n_rows, H, W, C, eps,
+        x_ptr, other_ptr, xt_ptr, ot_ptr, gate_ptr, scale_ptr, w_ptr, b_ptr, y_ptr, n_rows, H, W, C, eps,
         sx_b, sx_h, sx_w, sx_c, so_b, so_h, so_w, so_c, sg_b, sg_h, sg_w, sg_c, sy_b, sy_h, sy_w, sy_c,
-        HAS_OTHER: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SCALE: tl.constexpr, ROWS: tl.constexpr,
-        BLOCK_C: tl.constexpr,
+        HAS_OTHER: tl.constexpr, HAS_GATE: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_TWINS: tl.constexpr,
+        ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
     ):
         rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS).to(tl.int64)
         cols = tl.arange(0, BLOCK_C)
         mask = (rows < n_rows)[:, None] & (cols < C)[None, :]
-        x = tl.load(x_ptr + _row_offsets(rows, H, W, sx_b, sx_h, sx_w)[:, None] + cols[None, :] * sx_c, mask=mask,
-                    other=0.0).to(tl.float32)
+        x_at = _row_offsets(rows, H, W, sx_b, sx_h, sx_w)[:, None] + cols[None, :] * sx_c
+        x = tl.load(x_ptr + x_at, mask=mask, other=0.0).to(tl.float32)
+        if HAS_TWINS:  # a twin has its partner's strides
+            x += tl.load(xt_ptr + x_at, mask=mask, other=0.0).to(tl.float32)
         if HAS_OTHER:
-            x += tl.load(other_ptr + _row_offsets(rows, H, W, so_b, so_h, so_w)[:, None] + cols[None, :] * so_c,
-                         mask=mask, other=0.0).to(tl.float32)
+            o_at = _row_offsets(rows, H, W, so_b, so_h, so_w)[:, None] + cols[None, :] * so_c
+            o = tl.load(other_ptr + o_at, mask=mask, other=0.0).to(tl.float32)
+            if HAS_TWINS:
+                o += tl.load(ot_ptr + o_at, mask=mask, other=0.0).to(tl.float32)
+            x += o
         mean = tl.sum(x, axis=1) / C
         centred = tl.where(mask, x - mean[:, None], 0.0)
         rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
@@ -75,15 +84,23 @@ def _as_maps(t: torch.Tensor) -> torch.Tensor:
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
                other: torch.Tensor | None = None, gate: torch.Tensor | None = None,
                out_dtype: torch.dtype | None = None, scale: torch.Tensor | None = None,
-               out: torch.Tensor | None = None) -> torch.Tensor:
-    """LayerNorm(x + other) * SiLU(gate) * scale over the last dimension; see the module docstring. The result is
+               out: torch.Tensor | None = None, x_twin: torch.Tensor | None = None,
+               other_twin: torch.Tensor | None = None) -> torch.Tensor:
+    """LayerNorm((x + x_twin) + (other + other_twin)) * SiLU(gate) * scale over the last dimension; see the module
+    docstring. A twin has its partner's shape and strides; with ``other``, both twins or neither. The result is
     written to ``out`` where given (its dtype, not ``out_dtype``)."""
     if triton is None:
         raise RuntimeError("triton is not installed")
     channels = x.shape[-1]
-    for t in (other, gate, out):
+    for t in (other, gate, out, x_twin, other_twin):
         if t is not None and t.shape != x.shape:
             raise ValueError(f"shape mismatch: {tuple(t.shape)} against x {tuple(x.shape)}")
+    twins = x_twin is not None
+    if (other_twin is not None) != (twins and other is not None):
+        raise ValueError("twins: give x_twin, and other_twin exactly when other is given")
+    for partner, twin in ((x, x_twin), (other, other_twin)):
+        if twin is not None and twin.stride() != partner.stride():
+            raise ValueError(f"a twin needs its partner's strides: {twin.stride()} against {partner.stride()}")
     maps = _as_maps(x)
     other_maps = _as_maps(other) if other is not None else maps
     gate_maps = _as_maps(gate) if gate is not None else maps
@@ -97,9 +114,11 @@ def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     block_c = triton.next_power_of_2(channels)
     rows = max(1, 2048 // block_c)
     _layer_norm_kernel[(triton.cdiv(n_rows, rows),)](
-        maps, other_maps, gate_maps, scale if scale is not None else weight, weight, bias, y, n_rows, height, width,
+        maps, other_maps, _as_maps(x_twin) if twins else maps, _as_maps(other_twin) if other_twin is not None else maps,
+        gate_maps, scale if scale is not None else weight, weight, bias, y, n_rows, height, width,
         channels, eps, *maps.stride(), *other_maps.stride(), *gate_maps.stride(), *_as_maps(y).stride(),
-        HAS_OTHER=other is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None, ROWS=rows,
+        HAS_OTHER=other is not None, HAS_GATE=gate is not None, HAS_SCALE=scale is not None, HAS_TWINS=twins,
+        ROWS=rows,
         BLOCK_C=block_c,
         num_warps=4 if block_c * rows <= 2048 else 8,
     )

@@ -13,7 +13,8 @@ This kernel instead
   softplus, exp and the recurrence in fp32 (for 16-bit inputs the softplus's logarithm comes from the special-function
   unit, not libdevice's polynomial: see ``_softplus``),
 - adds a reversed direction's output onto its forward twin: at most two addends on a zeroed buffer, so the sum is
-  exact and independent of their order.
+  exact and independent of their order; or (``twins_apart``, inference) stores each direction's output apart for
+  the consumer to add, with plain stores instead of atomic adds (the same sums, bitwise).
 
 Layout: a program owns BLOCK_D (32) channels of one (batch, direction); its state tiles are (N/2, BLOCK_D), one for
 the even and one for the odd states, one channel a lane, so a channel's N states sit in one thread's registers and
@@ -304,6 +305,7 @@ if triton is not None:
         G: tl.constexpr, N: tl.constexpr, OUTPUT: tl.constexpr, ACCUMULATE: tl.constexpr, COLUMN_TWIN: tl.constexpr,
         APPROX: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, STEPS: tl.constexpr,
         FOLD: tl.constexpr, SPLIT: tl.constexpr, ELEM: tl.constexpr = None,  # ELEM: SPLIT 1 only
+        APART: tl.constexpr = False,
     ):
         """One program: BLOCK_D channels x all N states of one (batch, direction), over one segment of SEG steps.
 
@@ -313,7 +315,8 @@ if triton is not None:
 
         ACCUMULATE (twin directions add into one output): the first pass also zeroes that output, so no separate
         fill runs. A forward direction's program zeroes its segment; the last segment, which has no first-pass
-        program, lies within the reversed twin's first segment, whose program zeroes that.
+        program, lies within the reversed twin's first segment, whose program zeroes that. APART instead: each
+        direction stores its own output (map k, not k mod G), and the first pass writes nothing.
 
         The loop is software-pipelined by hand: it walks the segment in groups of STEPS steps (1, 2 or 4) and
         issues the next group's loads before the current group's arithmetic, so their latency overlaps that work
@@ -343,7 +346,7 @@ if triton is not None:
         a_even, a_odd = _state_rows(a_ptr + channel[None, :], offs_p, K * D)
         a = (tl.load(a_even, mask=mask_d[None, :], other=0.0) * 1.4426950408889634,
              tl.load(a_odd, mask=mask_d[None, :], other=0.0) * 1.4426950408889634)
-        y_rows = y_ptr + batch * sy_b + g * sy_g + offs_d * sy_d
+        y_rows = y_ptr + batch * sy_b + (k if APART else g) * sy_g + offs_d * sy_d
         first_seg = pid_bk * SEGMENTS  # into the (B*K, segments, N, D) and (B*K, segments, D) summaries
 
         h = (tl.zeros([N // 2, BLOCK_D], dtype=tl.float32), tl.zeros([N // 2, BLOCK_D], dtype=tl.float32))
@@ -418,7 +421,8 @@ def pick_segments(batch_dirs: int, dim: int, seq_len: int, block_d: int, warps_p
 def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                     D: torch.Tensor, delta_bias: torch.Tensor | None, bidirectional: bool,
                     channels_last: bool = False, map_height: int = 0,
-                    config: tuple[int, int, int, int] | None = None, summaries: bool = False):
+                    config: tuple[int, int, int, int] | None = None, summaries: bool = False,
+                    twins_apart: bool = False):
     """See the module docstring. Inputs may have any strides. ``channels_last`` stores the result as
     (batch, G, L, dim) (returned as its (batch, G, dim, L) view), so each step's outputs are contiguous.
 
@@ -427,6 +431,11 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     pixel's row-major position. So one row-major tensor serves both orders (u may be a stride-0 expansion over G)
     and both results come back in the same layout: no transposed copies.
     ``config`` overrides (BLOCK_D, segments, num_warps, steps).
+
+    ``twins_apart`` (inference, bidirectional): return (batch, K, dim, L), each direction's own output (k < G
+    forwards, G + g its reversed twin), for the consumer to add (``ops.triton_norm``'s twins): the kernel then stores
+    where it would add atomically, and the first pass writes nothing. y[:, g] + y[:, G + g] is bitwise the summed
+    result (two addends on zero, in either order, give the same float).
 
     ``summaries`` (training): return (y, h_seg, dt_seg), the first pass's summaries of every segment (end state from
     zero, summed dt), with the sequence cut as the backward cuts it (``triton_scan_backward.pick_backward_config``),
@@ -460,7 +469,13 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         seg_len = math.ceil(seq_len / max(1, min(segments, seq_len)))
     segments = math.ceil(seq_len / seg_len)
     summarised = segments if summaries else segments - 1  # the forward never needs the last one's; the backward does
-    y = _output(u, bidirectional and not summarised, channels_last)  # else the first pass zeroes it (see the kernel)
+    apart = twins_apart and bidirectional
+    if apart and summaries:
+        raise ValueError("twins_apart is for inference: the training scan's backward takes the summed result")
+    if apart:
+        y = _output(u, False, channels_last, k_dirs)
+    else:  # twins add onto zeros, which the first pass writes where it runs
+        y = _output(u, bidirectional and not summarised, channels_last)
     h_seg = torch.empty((batch * k_dirs, segments, d_state, dim), device=u.device, dtype=torch.float32)
     dt_seg = torch.empty((batch * k_dirs, segments, dim), device=u.device, dtype=torch.float32)
     args = (
@@ -468,7 +483,8 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
         seq_len, dim, k_dirs, seg_len, segments, height, width, 1.0 / height,
         *u.stride(), *delta.stride(), *B.stride(), *C.stride(), *y.stride(),
     )
-    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional, COLUMN_TWIN=bool(map_height),
+    meta = dict(G=groups, N=d_state, ACCUMULATE=bidirectional and not apart, APART=apart,
+                COLUMN_TWIN=bool(map_height),
                 APPROX=u.dtype != torch.float32,  # fp32 keeps the exact softplus (golden parity)
                 SOFTPLUS=softplus,
                 BLOCK_D=block_d, STEPS=steps,
@@ -481,26 +497,29 @@ def scan_directions(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     return (y, h_seg, dt_seg) if summaries else y
 
 
-def _output(u: torch.Tensor, zeroed: bool, channels_last: bool) -> torch.Tensor:
-    """The (batch, G, dim, L) float32 result, stored channels-last if asked; ``zeroed`` for twins to add onto."""
-    batch, groups, dim, seq_len = u.shape
+def _output(u: torch.Tensor, zeroed: bool, channels_last: bool, groups: int = 0) -> torch.Tensor:
+    """The (batch, G, dim, L) float32 result (``groups`` maps instead of G where given), stored channels-last if
+    asked; ``zeroed`` for twins to add onto."""
+    batch, base, dim, seq_len = u.shape
+    groups = groups or base
     strides = (groups * seq_len * dim, seq_len * dim, 1, dim) if channels_last else \
         (groups * dim * seq_len, dim * seq_len, seq_len, 1)
-    y = torch.empty_strided(u.shape, strides, device=u.device, dtype=torch.float32)
+    y = torch.empty_strided((batch, groups, dim, seq_len), strides, device=u.device, dtype=torch.float32)
     return y.zero_() if zeroed else y
 
 
 @torch.library.custom_op("sigma_ros::scan_directions", mutates_args=())
 def scan_directions_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor, delta_bias: torch.Tensor | None, bidirectional: bool,
-                       channels_last: bool = False, map_height: int = 0) -> torch.Tensor:
+                       channels_last: bool = False, map_height: int = 0, twins_apart: bool = False) -> torch.Tensor:
     """:func:`scan_directions` as an opaque op, so torch.compile keeps it in one graph without tracing Triton."""
-    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height)
+    return scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last, map_height,
+                           twins_apart=twins_apart)
 
 
 @scan_directions_op.register_fake
-def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0):
-    return _output(u, False, channels_last)
+def _(u, delta, A, B, C, D, delta_bias, bidirectional, channels_last=False, map_height=0, twins_apart=False):
+    return _output(u, False, channels_last, delta.shape[1] if twins_apart and bidirectional else 0)
 
 
 @torch.library.custom_op("sigma_ros::scan_directions_train", mutates_args=())

@@ -133,6 +133,8 @@ def test_scan_op_trains_through_autograd_and_its_fake_matches(kernel):
     errors = _relative_errors([t.grad for t in leaves], _reference_grads(args, True, gy))
     assert max(errors.values()) < 1e-5, errors
     torch.library.opcheck(kernel.scan_directions_op, (*leaves, True, False))
+    with pytest.raises(ValueError, match="twins_apart is for inference"):  # its twins' gradients would differ
+        kernel.scan_directions_op(*leaves, True, False, 0, True)
 
 
 @pytest.mark.parametrize("a_transposed", [False, True])

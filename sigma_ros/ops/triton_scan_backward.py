@@ -367,15 +367,19 @@ def _transposed(A: torch.Tensor) -> bool:
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, B, C, D, delta_bias, bidirectional, _channels_last, map_height = inputs
+    u, delta, A, B, C, D, delta_bias, bidirectional, _channels_last, map_height, *twins_apart = inputs
+    if twins_apart and twins_apart[0] and bidirectional:
+        raise ValueError("scan_directions_op: twins_apart is for inference and has no backward; training takes the "
+                         "summed output (twins_apart=False)")
     summaries = output[1:] if isinstance(output, tuple) else ()  # scan_directions_train_op keeps its summaries
     ctx.save_for_backward(u, delta, A, B, C, D, delta_bias, *summaries)
     ctx.bidirectional, ctx.map_height = bidirectional, map_height
+    ctx.flags = len(inputs) - 7  # the op's non-tensor inputs, which get no gradient
 
 
 def _backward(ctx, gy, *_summaries_grads):
     saved = ctx.saved_tensors  # once: checkpointing's unpack hooks allow one read
-    return (*_input_gradients(gy, *saved[:7], ctx.bidirectional, ctx.map_height, saved[7:]), None, None, None)
+    return (*_input_gradients(gy, *saved[:7], ctx.bidirectional, ctx.map_height, saved[7:]), *[None] * ctx.flags)
 
 
 def _input_gradients(gy, u, delta, A, B, C, D, delta_bias, bidirectional, map_height, summaries):

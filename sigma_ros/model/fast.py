@@ -6,8 +6,9 @@ get a copy of the output.
 
 It runs a private copy of the model (:func:`inference_copy`: matmul weights already in the compute dtype, scan
 constants precomputed). When Triton is available the blocks take their fused paths: one scan kernel per call
-(``ops.triton_scan``: reversed and column-order directions read in place, each sequence's directions summed in the
-kernel), LayerNorms that write the dtype their consumer needs (``ops.triton_norm``; SS2D's merge and gate inside),
+(``ops.triton_scan``: reversed and column-order directions read in place, a reversed direction's output kept apart
+from its twin's and added by the norm that reads them), LayerNorms that write the dtype their consumer needs
+(``ops.triton_norm``; SS2D's merge and gate inside),
 the depthwise conv + SiLU, the decoder's up-sampling + norm and its pooling (``ops.triton_dwconv``,
 ``ops.triton_upsample``, ``ops.triton_pool``). Each stage's fusion blocks run on a side stream while the encoder
 goes on (``concurrent=False``: all on one stream). ``fused_scan=False`` keeps mamba-ssm's kernel on flipped copies and

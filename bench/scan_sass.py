@@ -5,10 +5,9 @@
 
 Compiles ``ops.triton_scan._scan_directions_kernel`` as the model calls it (channels-last bf16 inputs, B and C as
 aligned state pairs, SS2D's map layout, twins apart, step sizes taken already) with Triton's own ptxas, disassembles
-it with nvdisasm, finds the loop over the sequence (the one with the exponentials) and prints, for each pass, the
-instructions it issues per scan step by opcode, its registers and spills. A count, not a time: the scan's time on
-a GPU also depends on latency and occupancy (bench/bench_gpu_scan.py times it), but a change that removes
-instructions from this loop is what the kernel's issue-bound passes need.
+it with nvdisasm, finds the loop over the sequence and prints, for each pass, the instructions it issues per scan
+step by opcode, its registers and spills. A count, not a time (bench/bench_gpu_scan.py and bench/bench_ab.py time
+it on a GPU): fewer instructions pay where the loop is issue-bound, and the registers set how many warps fit.
 """
 from __future__ import annotations
 

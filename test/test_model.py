@@ -341,3 +341,30 @@ def test_flop_count_matches_the_papers_figures(variant, paper_gflops):
 
     counted = count_flops(SigmaConfig.from_variant(variant, num_classes=9), 480, 640)
     assert counted["authors_gflops"] == pytest.approx(paper_gflops, rel=0.015)
+
+
+def test_cpu_inference_scans_reversed_directions_in_place_with_the_same_logits(micro_cfg, monkeypatch):
+    """On the numba backend, inference scans go through ``scan_directions_cpu`` (no flipped copies); the logits are
+    bitwise those of the generic path, which materialises the reversed directions."""
+    import importlib
+
+    from sigma_ros.model.sigma import scan_implementation
+    from sigma_ros.ops import available_backends
+
+    ops_scan = importlib.import_module("sigma_ros.ops.selective_scan")  # the package re-exports the function
+
+    if "cpu" not in available_backends():
+        pytest.skip("numba backend unavailable")
+    monkeypatch.delenv(ops_scan.ENV_VAR, raising=False)
+    calls = []
+    real = ops_scan.scan_directions_cpu
+    monkeypatch.setattr(ops_scan, "scan_directions_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = build_sigma(micro_cfg).eval()
+    g = torch.Generator().manual_seed(3)
+    rgb, x = torch.randn(1, 3, 64, 96, generator=g), torch.randn(1, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        in_place = model(rgb, x)
+        assert calls, "the CPU inference path did not take scan_directions_cpu"
+        with scan_implementation(lambda *a, **k: ops_scan.selective_scan(*a, **k)):
+            materialised = model(rgb, x)
+    assert torch.equal(in_place, materialised)

@@ -466,3 +466,36 @@ def test_concurrent_calls_from_threads():
     assert not errors
     for r, e in zip(results, expect):
         assert torch.equal(r, e)
+
+
+@needs_numba
+@pytest.mark.parametrize("batch, groups, dim, length, n", [(2, 2, 12, 300, 16), (1, 1, 8, 257, 4), (1, 2, 5, 128, 4)])
+def test_cpu_directions_read_reversed_in_place_bitwise_as_flipped_copies(batch, groups, dim, length, n):
+    """scan_directions_cpu (the numba kernel reading reversed directions backwards, chunk by chunk) gives bitwise
+    the sums of scanning materialised flipped copies, the generic path it replaces; lengths off the 128-step chunk
+    exercise a partial chunk at each end."""
+    g = torch.Generator().manual_seed(batch * 100 + length)
+    k = 2 * groups
+    u = torch.randn(batch, groups, dim, length, generator=g)
+    delta = 0.5 * torch.randn(batch, k, dim, length, generator=g)
+    A = -torch.rand(k * dim, n, generator=g) * 4 - 0.1
+    B, C = (torch.randn(batch, k, n, length, generator=g) for _ in range(2))
+    D, bias = torch.randn(k * dim, generator=g), torch.randn(k * dim, generator=g) * 0.5 - 2.0
+    with torch.no_grad():
+        got = ss.scan_directions_cpu(u, delta, A, B.transpose(-1, -2).contiguous().transpose(-1, -2), C, D, bias)
+        flip = [torch.cat([t[:, :groups], t[:, groups:].flip(-1)], 1) for t in (delta, B, C)]
+        ys = selective_scan(torch.cat([u, u.flip(-1)], 1).reshape(batch, k * dim, length),
+                            flip[0].reshape(batch, k * dim, length), A, flip[1], flip[2], D, delta_bias=bias,
+                            delta_softplus=True, backend="cpu").view(batch, k, dim, length)
+        want = ys[:, :groups] + ys[:, groups:].flip(-1)
+    assert got.shape == (batch, groups, dim, length)
+    assert torch.equal(got, want)
+
+
+@needs_numba
+def test_cpu_directions_in_place_refuse_gradients():
+    u = torch.randn(1, 1, 4, 20, requires_grad=True)
+    args = (torch.randn(1, 2, 4, 20), -torch.ones(8, 4), torch.randn(1, 2, 4, 20), torch.randn(1, 2, 4, 20),
+            torch.ones(8), torch.zeros(8))
+    with pytest.raises(RuntimeError, match="inference"):
+        ss.scan_directions_cpu(u, *args)

@@ -185,6 +185,14 @@ class LayerNorm(nn.LayerNorm):
         return torch.get_autocast_dtype(x.device.type) if self.feeds_matmul else torch.float32
 
 
+def _cpu_scans_in_place(u: torch.Tensor) -> bool:
+    """Inference with the model's own scan on the CPU (numba) backend, outside torch.compile."""
+    from ..ops.selective_scan import resolve_backend
+
+    return (_scan_impl is ops_selective_scan and not torch.is_grad_enabled() and u.device.type == "cpu"
+            and not torch.compiler.is_compiling() and resolve_backend(u.device) == "cpu")
+
+
 def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, channels_last: bool = False):
     """Scan each base sequence of u in its directions and sum the outputs per sequence.
 
@@ -204,6 +212,10 @@ def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, chann
                                                  _scan_input(C), D, delta_bias, bidirectional, channels_last)
     b, g, d, seq_len = u.shape
     k = delta.shape[1]
+    if bidirectional and _cpu_scans_in_place(u):  # the numba kernel reads reversed directions in place
+        from ..ops.selective_scan import scan_directions_cpu
+
+        return scan_directions_cpu(u, delta, A, B, C, D, delta_bias).to(delta.dtype)  # as the generic path's
     if bidirectional:  # materialise the reversed directions for a one-direction kernel
         u = torch.cat([u, u.flip(-1)], dim=1)
         delta, B, C = (torch.cat([t[:, :g], t[:, g:].flip(-1)], dim=1) for t in (delta, B, C))

@@ -165,19 +165,26 @@ _task_channels = njit(inline="always", cache=True)(_task_channels)
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)
-def scan_fwd(u, delta, A, B, C, D, bias, softplus, nsplit, y, hsave):
+def scan_fwd(u, delta, A, B, C, D, bias, softplus, nsplit, y, hsave, reverse_from):
     """y = selective scan; if hsave has chunks, hsave[b, d, c] = state before chunk c (for backward).
 
     Task (b, g, s) runs the s-th of nsplit slices of group g's channels. Its loop is chunk-major (all its
     channels advance one chunk, then the next) so the group's B/C chunk stays in cache across channels.
+
+    Groups g >= ``reverse_from`` scan their sequences reversed, in place (inference; Sigma's reversed directions):
+    each chunk of u, delta, B and C is copied reversed into a buffer in cache, and its outputs go back to their
+    own positions, so y stays in base order. u may hold fewer channels than delta (a direction's base sequence
+    is channel d % u.shape[1]: one u serves a sequence and its reversed twin).
     """
-    nb, nd, L = u.shape
+    nb, nd, L = delta.shape
     G, N = B.shape[1], A.shape[1]
+    nd_u = u.shape[1]
     per_group = nd // G
     nchunks = (L + CHUNK - 1) // CHUNK
     save = hsave.shape[2] > 0
     for task in prange(nb * G * nsplit):
         b, g, s, lo, hi = _task_channels(task, G, nsplit, per_group)
+        reverse = g >= reverse_from
         Bg, Cg = B[b, g], C[b, g]
         dt = np.empty(CHUNK, np.float32)
         dsig = np.empty(CHUNK, np.float32)
@@ -185,30 +192,54 @@ def scan_fwd(u, delta, A, B, C, D, bias, softplus, nsplit, y, hsave):
         X = np.empty((N, CHUNK), np.float32)
         H = np.empty((N, CHUNK + 1), np.float32)
         acc = np.empty(CHUNK, np.float32)
+        u_rev = np.empty(CHUNK, np.float32)
+        delta_rev = np.empty(CHUNK, np.float32)
+        B_rev = np.empty((N, CHUNK), np.float32)
+        C_rev = np.empty((N, CHUNK), np.float32)
         states = np.zeros((hi - lo, N), np.float32)
         for c in range(nchunks):
             t0 = c * CHUNK
             t1 = min(L, t0 + CHUNK)
             tn = t1 - t0
+            last = L - 1 - t0  # a reversed chunk's step i sits at position last - i
+            if reverse:
+                for n in range(N):
+                    for i in range(tn):
+                        B_rev[n, i] = Bg[n, last - i]
+                        C_rev[n, i] = Cg[n, last - i]
+                Bc, Cc, tc = B_rev, C_rev, 0
+            else:
+                Bc, Cc, tc = Bg, Cg, t0
             for d in range(lo, hi):
                 h = states[d - lo]
-                u_c = u[b, d][t0:t1]
-                y_c = y[b, d][t0:t1]
+                if reverse:
+                    for i in range(tn):
+                        u_rev[i] = u[b, d % nd_u, last - i]
+                        delta_rev[i] = delta[b, d, last - i]
+                    u_c, delta_c = u_rev[:tn], delta_rev[:tn]
+                else:
+                    u_c, delta_c = u[b, d % nd_u][t0:t1], delta[b, d][t0:t1]
                 if save:
                     for n in range(N):
                         hsave[b, d, c, n] = h[n]
-                _chunk_dt(delta[b, d][t0:t1], bias[d], softplus, dt, dsig)
-                _chunk_coeffs(A[d], u_c, Bg, t0, dt, dA, X)
+                _chunk_dt(delta_c, bias[d], softplus, dt, dsig)
+                _chunk_coeffs(A[d], u_c, Bc, tc, dt, dA, X)
                 _chunk_recurrence(h, dA, X, H, tn)
                 Dd = D[d]
                 for i in range(tn):
                     acc[i] = Dd * u_c[i]
                 for n in range(N):
-                    c_c = Cg[n][t0:t1]
+                    c_c = Cc[n][tc:tc + tn]
                     for i in range(tn):
                         acc[i] += c_c[i] * H[n, i + 1]
-                for i in range(tn):
-                    y_c[i] = acc[i]
+                if reverse:
+                    y_d = y[b, d]
+                    for i in range(tn):
+                        y_d[last - i] = acc[i]
+                else:
+                    y_c = y[b, d][t0:t1]
+                    for i in range(tn):
+                        y_c[i] = acc[i]
 
 
 @njit(parallel=True, fastmath=_FM, cache=True)

@@ -374,7 +374,8 @@ def _numba_forward(u, delta, A, B4, C4, D, delta_bias, softplus: bool, need_grad
     nchunks = -(-length // kern.CHUNK) if need_grad else 0
     hsave = torch.empty((batch, dim, nchunks, n) if need_grad else (0, 0, 0, 0), dtype=torch.float32)
     nsplit = _nsplit(batch, dim, B4.shape[1])
-    _launch(kern.scan_fwd, *_np(u, delta, A, B4, C4, D, delta_bias), bool(softplus), nsplit, *_np(y, hsave))
+    _launch(kern.scan_fwd, *_np(u, delta, A, B4, C4, D, delta_bias), bool(softplus), nsplit, *_np(y, hsave),
+            B4.shape[1])
     return y, hsave
 
 
@@ -453,6 +454,31 @@ def _scan_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus):
         args = [t.detach() for t in args]
     y = _NumbaScan.apply(*args, bool(delta_softplus), need_grad)
     return y.to(u.dtype)
+
+
+def scan_directions_cpu(u, delta, A, B, C, D, delta_bias, delta_softplus: bool = True) -> torch.Tensor:
+    """Inference on the CPU backend: each of the G base sequences of u (batch, G, dim, L) scanned forwards and
+    reversed, summed per sequence -> (batch, G, dim, L) float32. delta (batch, 2G, dim, L) and B, C (batch, 2G, N,
+    L) are indexed in base order for every direction, A (2G*dim, N), D and delta_bias (2G*dim,). The numba kernel
+    reads the reversed directions in place, so none of the inputs is copied flipped (the generic path's cat and
+    flip copies took a quarter of a CPU forward). The sums are bitwise those of scanning flipped copies."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, delta_bias)):
+        raise RuntimeError("scan_directions_cpu is for inference: its kernel has no backward for in-place reversal")
+    batch, groups, dim, length = u.shape
+    k_dirs = delta.shape[1]
+    if k_dirs != 2 * groups:
+        raise ValueError(f"scan_directions_cpu: {k_dirs} directions for {groups} sequences (expected {2 * groups})")
+    u_, delta_ = (_f32c(t).reshape(batch, -1, length) for t in (u, delta))
+    _check_shapes(delta_, delta_, A, B, C, D, delta_bias)
+    B4, C4, D_, bias_ = (_f32c(t) for t in _grouped_operands(delta_, B, C, D, delta_bias))
+    kern = _load_numba()[0]
+    if kern is None:
+        raise RuntimeError(f"scan_directions_cpu: {_load_numba()[1]}")
+    y = torch.empty_like(delta_)
+    _launch(kern.scan_fwd, *_np(u_, delta_, _f32c(A), B4, C4, D_, bias_), bool(delta_softplus),
+            _nsplit(batch, delta_.shape[1], k_dirs), *_np(y, torch.empty((0, 0, 0, 0))), groups)
+    ys = y.view(batch, k_dirs, dim, length)
+    return ys[:, :groups] + ys[:, groups:]
 
 
 # --------------------------------------------------------------------------------------------------------------------

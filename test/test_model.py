@@ -356,9 +356,11 @@ def test_cpu_inference_scans_reversed_directions_in_place_with_the_same_logits(m
     if "cpu" not in available_backends():
         pytest.skip("numba backend unavailable")
     monkeypatch.delenv(ops_scan.ENV_VAR, raising=False)
+    from sigma_ros.model import sigma as sigma_module
+
     calls = []
     real = ops_scan.scan_directions_cpu
-    monkeypatch.setattr(ops_scan, "scan_directions_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(sigma_module, "scan_directions_cpu", lambda *a, **k: calls.append(1) or real(*a, **k))
     model = build_sigma(micro_cfg).eval()
     g = torch.Generator().manual_seed(3)
     rgb, x = torch.randn(1, 3, 64, 96, generator=g), torch.randn(1, 3, 64, 96, generator=g)

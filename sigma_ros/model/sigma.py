@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops.selective_scan import resolve_backend, scan_directions_cpu
 from ..ops.selective_scan import selective_scan as ops_selective_scan
 from .config import SigmaConfig
 
@@ -187,8 +188,6 @@ class LayerNorm(nn.LayerNorm):
 
 def _cpu_scans_in_place(u: torch.Tensor) -> bool:
     """Inference with the model's own scan on the CPU (numba) backend, outside torch.compile."""
-    from ..ops.selective_scan import resolve_backend
-
     return (_scan_impl is ops_selective_scan and not torch.is_grad_enabled() and u.device.type == "cpu"
             and not torch.compiler.is_compiling() and resolve_backend(u.device) == "cpu")
 
@@ -213,8 +212,6 @@ def scan_directions(u, delta, A, B, C, D, delta_bias, bidirectional: bool, chann
     b, g, d, seq_len = u.shape
     k = delta.shape[1]
     if bidirectional and _cpu_scans_in_place(u):  # the numba kernel reads reversed directions in place
-        from ..ops.selective_scan import scan_directions_cpu
-
         return scan_directions_cpu(u, delta, A, B, C, D, delta_bias).to(delta.dtype)  # as the generic path's
     if bidirectional:  # materialise the reversed directions for a one-direction kernel
         u = torch.cat([u, u.flip(-1)], dim=1)
